@@ -1,0 +1,53 @@
+"""Callback broker: SQS queues → typed async handlers → Step Functions task completions.
+
+Public API::
+
+    from broker import Router, Task, TaskFailed
+
+    router = Router()
+
+    @router.handler("purchase")
+    async def purchase(task: Task[PurchaseInput]) -> dict[str, str]:
+        ...
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    BrokerError,
+    ConfigError,
+    ErrorName,
+    NonRetryable,
+    QueueNotFound,
+    RegistrationError,
+    TaskFailed,
+)
+from ._plugins import ENTRY_POINT_GROUP, build_router
+from ._router import HandlerOptions, Route, Router
+from ._service import Broker
+from ._settings import BrokerSettings, QueueSettings, load_settings
+from ._stats import Outcome
+from ._task import Task
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Broker",
+    "BrokerError",
+    "BrokerSettings",
+    "ConfigError",
+    "ErrorName",
+    "HandlerOptions",
+    "NonRetryable",
+    "Outcome",
+    "QueueNotFound",
+    "QueueSettings",
+    "RegistrationError",
+    "Route",
+    "Router",
+    "Task",
+    "TaskFailed",
+    "build_router",
+    "load_settings",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""The long-poll loop of one queue: reserve free slots, receive that many, start them.
+
+A loop asks SQS only for as many messages as it has reserved handler slots, so the
+process never holds a message it cannot start at once.  Slots come from two
+``CapacityLimiter``s, the queue's and the broker-wide one; anyio serves waiters first
+come first served, so a busy queue cannot starve a quiet one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._aws import SqsApi, classify, error_code
+from ._message import QueueRuntime, ReceivedMessage
+from ._processing import MessageProcessor
+from ._stats import Stats
+
+__all__ = ["QueueConsumer"]
+
+log = logging.getLogger("broker.consumer")
+
+MAX_RECEIVE: Final = 10
+_ERROR_BACKOFF_MAX_S: Final = 30.0
+
+
+class _Slot:
+    """A borrower token: one handler slot, held from receive until the message settles."""
+
+    __slots__ = ()
+
+
+class QueueConsumer:
+    def __init__(
+        self,
+        queue: QueueRuntime,
+        sqs: SqsApi,
+        processor: MessageProcessor,
+        *,
+        total_slots: anyio.CapacityLimiter,
+        stats: Stats,
+    ) -> None:
+        self.queue = queue
+        self._sqs = sqs
+        self._processor = processor
+        self._total_slots = total_slots
+        self._queue_slots = anyio.CapacityLimiter(
+            queue.settings.concurrency or int(total_slots.total_tokens)
+        )
+        self._stats = stats
+
+    @property
+    def in_flight(self) -> int:
+        return int(self._queue_slots.borrowed_tokens)
+
+    async def poll(self, work: TaskGroup) -> None:
+        """Run until cancelled, starting each received message as a task in ``work``."""
+        failures = 0
+        while True:
+            slots = await self._reserve()
+            try:
+                messages = await self._receive(len(slots))
+            except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
+                self._release(slots)
+                failures += 1
+                delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
+                log.error(
+                    "ReceiveMessage on %s failed (%s, %s); next try in %.1fs",
+                    self.queue.name,
+                    error_code(exc) or type(exc).__name__,
+                    classify(exc).value,
+                    delay_s,
+                )
+                await anyio.sleep(delay_s)
+                continue
+            except BaseException:
+                self._release(slots)
+                raise
+            failures = 0
+            self._stats.received[self.queue.name] += len(messages)
+            for message, slot in zip(messages, slots, strict=False):
+                work.start_soon(self._handle, message, slot)
+            self._release(slots[len(messages) :])
+
+    async def _reserve(self) -> list[_Slot]:
+        first = _Slot()
+        await self._queue_slots.acquire_on_behalf_of(first)
+        try:
+            await self._total_slots.acquire_on_behalf_of(first)
+        except BaseException:
+            self._queue_slots.release_on_behalf_of(first)
+            raise
+        slots = [first]
+        # Top up without waiting: a long poll for 1 message when 10 slots are free
+        # would leave throughput on the table.
+        while len(slots) < MAX_RECEIVE:
+            slot = _Slot()
+            try:
+                self._queue_slots.acquire_on_behalf_of_nowait(slot)
+            except anyio.WouldBlock:
+                break
+            try:
+                self._total_slots.acquire_on_behalf_of_nowait(slot)
+            except anyio.WouldBlock:
+                self._queue_slots.release_on_behalf_of(slot)
+                break
+            slots.append(slot)
+        return slots
+
+    def _release(self, slots: list[_Slot]) -> None:
+        for slot in slots:
+            self._total_slots.release_on_behalf_of(slot)
+            self._queue_slots.release_on_behalf_of(slot)
+
+    async def _receive(self, count: int) -> list[ReceivedMessage]:
+        params: dict[str, object] = {
+            "QueueUrl": self.queue.url,
+            "MaxNumberOfMessages": count,
+            "WaitTimeSeconds": self.queue.settings.wait_time_s,
+            "MessageAttributeNames": ["All"],
+            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "MessageGroupId"],
+        }
+        if self.queue.settings.visibility_timeout_s is not None:
+            params["VisibilityTimeout"] = self.queue.settings.visibility_timeout_s
+        response = await self._sqs.receive_message(**params)
+        return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
+
+    async def _handle(self, message: ReceivedMessage, slot: _Slot) -> None:
+        try:
+            await self._processor.process(self.queue, message)
+        except Exception:
+            # A bug in the broker itself: log it, keep the message (it comes back),
+            # keep the broker running.
+            log.exception(
+                "internal error processing message %s on %s; it will be redelivered",
+                message.message_id,
+                self.queue.name,
+            )
+        finally:
+            self._release([slot])

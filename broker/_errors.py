@@ -1,0 +1,81 @@
+"""The broker's exceptions and the error names it sends to Step Functions.
+
+Exception hierarchy (everything the broker raises derives from ``BrokerError``)::
+
+    BrokerError
+    ├── ConfigError          bad settings; the message names the setting (start-up)
+    ├── RegistrationError    duplicate message type, non-async handler, bad plugin (start-up)
+    ├── QueueNotFound        a configured queue does not exist or cannot be reached (start-up)
+    └── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
+        └── NonRetryable     marker base: subclass it for errors that must not be retried
+
+Error names (the ``error`` of SendTaskFailure) are API: state machines match them in
+``Retry`` / ``Catch``.  Every name the broker makes itself starts with ``Broker.``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ERROR_PREFIX",
+    "BrokerError",
+    "ConfigError",
+    "ErrorName",
+    "NonRetryable",
+    "QueueNotFound",
+    "RegistrationError",
+    "TaskFailed",
+]
+
+ERROR_PREFIX: Final = "Broker."
+
+
+class ErrorName:
+    """The documented ``error`` strings the broker sends (see docs/errors.md)."""
+
+    UNKNOWN_MESSAGE_TYPE: Final = "Broker.UnknownMessageType"
+    INVALID_INPUT: Final = "Broker.InvalidInput"
+    INVALID_OUTPUT: Final = "Broker.InvalidOutput"
+    OUTPUT_TOO_LARGE: Final = "Broker.OutputTooLarge"
+    HANDLER_TIMEOUT: Final = "Broker.HandlerTimeout"
+
+
+class BrokerError(Exception):
+    """Base class of every exception the broker raises."""
+
+
+class ConfigError(BrokerError):
+    """A setting is missing or invalid.  Raised at start-up, never mid-run."""
+
+
+class RegistrationError(BrokerError):
+    """A handler cannot be registered: duplicate type, not ``async def``, bad plugin."""
+
+
+class QueueNotFound(BrokerError):
+    """A configured queue does not exist or the credentials cannot see it."""
+
+
+class TaskFailed(BrokerError):
+    """Raise from a handler to fail the workflow task: SendTaskFailure(error, cause).
+
+    This is the *decided* failure: it is sent at once and never retried.  Any other
+    exception is treated as transient and retried with backoff.
+    """
+
+    def __init__(self, error: str, cause: str = "") -> None:
+        super().__init__(error, cause)
+        self.error = error
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.cause}" if self.cause else self.error
+
+
+class NonRetryable(Exception):
+    """Mix into an exception class to make the broker fail the task at the first raise.
+
+    The task fails with the exception's class name as ``error`` and its message as
+    ``cause``, exactly as when retries are exhausted, but without waiting for them.
+    """

@@ -1,0 +1,61 @@
+"""A received SQS message, reduced to what the broker needs, and the queue it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._deleter import DeleteBatcher
+from ._envelope import EnvelopeSpec
+from ._settings import QueueSettings
+
+__all__ = ["QueueRuntime", "ReceivedMessage"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    #: String-valued message attributes, for routing.
+    attributes: Mapping[str, str]
+    #: The attributes as SQS gave them (all data types), for the dead-letter copy.
+    raw_attributes: Mapping[str, Any] = field(repr=False)
+    receive_count: int = 1
+    group_id: str | None = None
+
+    @classmethod
+    def from_sqs(cls, raw: Mapping[str, Any]) -> ReceivedMessage:
+        raw_attributes: Mapping[str, Any] = raw.get("MessageAttributes") or {}
+        system = raw.get("Attributes") or {}
+        return cls(
+            message_id=raw["MessageId"],
+            receipt_handle=raw["ReceiptHandle"],
+            body=raw.get("Body", ""),
+            attributes={
+                name: value["StringValue"]
+                for name, value in raw_attributes.items()
+                if "StringValue" in value
+            },
+            raw_attributes=raw_attributes,
+            receive_count=int(system.get("ApproximateReceiveCount", 1)),
+            group_id=system.get("MessageGroupId"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRuntime:
+    """A configured queue once resolved at start-up."""
+
+    settings: QueueSettings
+    url: str
+    spec: EnvelopeSpec
+    deleter: DeleteBatcher
+    dead_letter_url: str | None
+    visibility_timeout_s: int
+    fifo: bool
+
+    @property
+    def name(self) -> str:
+        return self.settings.name

@@ -1,0 +1,371 @@
+"""One message, one outcome: the design brief's outcome table, decided in this module only.
+
+``MessageProcessor.process`` parses the envelope, runs the handler, tells Step
+Functions, and then — only once Step Functions confirmed — deletes the message.  Every
+branch ends in exactly one ``Outcome``.  Cancellation is never swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ._aws import SqsApi, error_code
+from ._completer import Completer, Confirmation
+from ._envelope import Envelope, Poison, parse_envelope
+from ._errors import ErrorName, NonRetryable, TaskFailed
+from ._message import QueueRuntime, ReceivedMessage
+from ._redact import token_ref
+from ._router import Route, Router
+from ._stats import Outcome, Stats
+from ._task import Task
+
+__all__ = ["MAX_OUTPUT_BYTES", "MessageProcessor", "ProcessingDefaults", "encode_output"]
+
+log = logging.getLogger("broker.processing")
+
+MAX_OUTPUT_BYTES: Final = 262_144
+_DLQ_ATTRIBUTE_LIMIT: Final = 10  # SQS allows at most 10 message attributes
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingDefaults:
+    """The broker-wide defaults a route's ``HandlerOptions`` can override."""
+
+    max_attempts: int = 5
+    handler_timeout_s: float | None = None
+    retry_base_delay_s: float = 2.0
+    retry_max_delay_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: str
+    cause: str
+
+
+class _TimedOut:
+    """Marker: the handler ran past its timeout and was cancelled."""
+
+
+def encode_output(value: Any) -> str | _Failure:
+    """Serialize a handler's return value as the task output, or say why it cannot be."""
+    try:
+        data = orjson.dumps(value, default=_to_jsonable)
+    except TypeError as exc:
+        return _Failure(
+            ErrorName.INVALID_OUTPUT,
+            f"handler returned {type(value).__name__}, which is not JSON-serializable: {exc}",
+        )
+    if len(data) > MAX_OUTPUT_BYTES:
+        return _Failure(
+            ErrorName.OUTPUT_TOO_LARGE,
+            f"output is {len(data)} bytes; Step Functions accepts at most {MAX_OUTPUT_BYTES}",
+        )
+    return data.decode("utf-8")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+class MessageProcessor:
+    def __init__(
+        self,
+        router: Router,
+        completer: Completer,
+        sqs: SqsApi,
+        stats: Stats,
+        defaults: ProcessingDefaults,
+    ) -> None:
+        self._router = router
+        self._completer = completer
+        self._sqs = sqs
+        self._stats = stats
+        self._defaults = defaults
+
+    async def process(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
+        outcome = await self._decide(queue, message)
+        self._stats.count(queue.name, outcome)
+        return outcome
+
+    async def _decide(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
+        parsed = parse_envelope(message.body, message.attributes, queue.spec)
+        if isinstance(parsed, Poison):
+            return await self._poison(queue, message, parsed)
+
+        route = self._router.get(parsed.message_type) if parsed.message_type else None
+        if route is None:
+            return await self._unknown_type(queue, message, parsed)
+
+        payload: Any = parsed.payload
+        if route.payload_adapter is not None:
+            try:
+                payload = route.payload_adapter.validate_python(parsed.payload)
+            except ValidationError as exc:
+                cause = exc.json(include_url=False, include_input=False)
+                return await self._fail(
+                    queue,
+                    message,
+                    parsed.token,
+                    ErrorName.INVALID_INPUT,
+                    cause,
+                    Outcome.INVALID_INPUT,
+                )
+
+        task: Task[Any] = Task(
+            payload=payload,
+            message_type=route.message_type,
+            token=parsed.token,
+            source=queue.name,
+            message_id=message.message_id,
+            receive_count=message.receive_count,
+            attributes=message.attributes,
+            body=parsed.body,
+            _send_heartbeat=lambda: self._heartbeat(parsed.token),
+        )
+        result = await self._run_handler(route, task)
+        return await self._settle(queue, message, route, parsed, result)
+
+    async def _run_handler(self, route: Route, task: Task[Any]) -> Any:
+        timeout_s = route.options.timeout_s or self._defaults.handler_timeout_s
+        with anyio.move_on_after(timeout_s) as scope:
+            try:
+                return await route.handler(task)
+            except TaskFailed as exc:
+                return _Failure(exc.error, exc.cause)
+            except Exception as exc:  # noqa: BLE001 - every handler error has an outcome
+                return exc
+        if scope.cancelled_caught:
+            return _TimedOut()
+        raise AssertionError("unreachable: handler neither returned nor timed out")
+
+    async def _settle(
+        self,
+        queue: QueueRuntime,
+        message: ReceivedMessage,
+        route: Route,
+        envelope: Envelope,
+        result: Any,
+    ) -> Outcome:
+        token = envelope.token
+        if isinstance(result, _Failure):
+            return await self._fail(
+                queue, message, token, result.error, result.cause, Outcome.FAILED
+            )
+        if isinstance(result, _TimedOut | Exception):
+            return await self._retry_or_exhaust(queue, message, route, token, result)
+
+        output = encode_output(result)
+        if isinstance(output, _Failure):
+            return await self._fail(
+                queue, message, token, output.error, output.cause, Outcome.INVALID_OUTPUT
+            )
+        confirmation = await self._completer.succeed(token, output)
+        if confirmation is Confirmation.INVALID_OUTPUT:
+            return await self._fail(
+                queue,
+                message,
+                token,
+                ErrorName.INVALID_OUTPUT,
+                "Step Functions refused the handler's output (InvalidOutput)",
+                Outcome.INVALID_OUTPUT,
+            )
+        return await self._after_completion(queue, message, token, confirmation, Outcome.SUCCEEDED)
+
+    async def _retry_or_exhaust(
+        self,
+        queue: QueueRuntime,
+        message: ReceivedMessage,
+        route: Route,
+        token: str,
+        result: _TimedOut | Exception,
+    ) -> Outcome:
+        if isinstance(result, _TimedOut):
+            error, cause = ErrorName.HANDLER_TIMEOUT, "handler exceeded its timeout"
+        else:
+            error, cause = type(result).__name__, str(result) or repr(result)
+        max_attempts = route.options.max_attempts or self._defaults.max_attempts
+        final = isinstance(result, NonRetryable) or message.receive_count >= max_attempts
+        if not final:
+            delay_s = self._retry_delay_s(message.receive_count)
+            log.warning(
+                "handler %s raised %s on attempt %d/%d (message %s, %s); retry in %ds",
+                route.message_type,
+                error,
+                message.receive_count,
+                max_attempts,
+                message.message_id,
+                token_ref(token),
+                delay_s,
+            )
+            await self._change_visibility(queue, message, delay_s)
+            return Outcome.RETRY
+        log.error(
+            "handler %s failed for good with %s after %d attempt(s) (message %s, %s)",
+            route.message_type,
+            error,
+            message.receive_count,
+            message.message_id,
+            token_ref(token),
+        )
+        confirmation = await self._completer.fail(token, error, cause)
+        if confirmation.settled:
+            await self._dead_letter(queue, message, "AttemptsExhausted", f"{error}: {cause}")
+        return await self._after_completion(queue, message, token, confirmation, Outcome.EXHAUSTED)
+
+    def _retry_delay_s(self, receive_count: int) -> int:
+        ceiling = min(
+            self._defaults.retry_max_delay_s,
+            self._defaults.retry_base_delay_s * 2 ** max(0, receive_count - 1),
+        )
+        # Equal jitter: never less than half the backoff, so retries still back off.
+        return round(random.uniform(ceiling / 2, ceiling))
+
+    async def _fail(
+        self,
+        queue: QueueRuntime,
+        message: ReceivedMessage,
+        token: str,
+        error: str,
+        cause: str,
+        outcome: Outcome,
+    ) -> Outcome:
+        log.info(
+            "task failed with %s (queue %s, message %s, %s)",
+            error,
+            queue.name,
+            message.message_id,
+            token_ref(token),
+        )
+        confirmation = await self._completer.fail(token, error, cause)
+        return await self._after_completion(queue, message, token, confirmation, outcome)
+
+    async def _after_completion(
+        self,
+        queue: QueueRuntime,
+        message: ReceivedMessage,
+        token: str,
+        confirmation: Confirmation,
+        outcome: Outcome,
+    ) -> Outcome:
+        if confirmation is Confirmation.CONFIRMED:
+            await queue.deleter.delete(message.receipt_handle)
+            return outcome
+        if confirmation is Confirmation.TASK_CLOSED:
+            await queue.deleter.delete(message.receipt_handle)
+            return Outcome.TASK_CLOSED
+        # Not confirmed: keep the message; it comes back when its visibility lapses.
+        log.warning(
+            "outcome of message %s not confirmed by Step Functions (%s); kept for redelivery",
+            message.message_id,
+            token_ref(token),
+        )
+        return Outcome.UNCONFIRMED
+
+    async def _unknown_type(
+        self, queue: QueueRuntime, message: ReceivedMessage, envelope: Envelope
+    ) -> Outcome:
+        known = ", ".join(sorted(self._router.routes)) or "none"
+        named = repr(envelope.message_type) if envelope.message_type else "no type"
+        cause = f"message on queue {queue.name} has {named}; registered types: {known}"
+        log.warning("unknown message type: %s (message %s)", cause, message.message_id)
+        confirmation = await self._completer.fail(
+            envelope.token, ErrorName.UNKNOWN_MESSAGE_TYPE, cause
+        )
+        if not confirmation.settled:
+            return Outcome.UNCONFIRMED
+        copied = await self._dead_letter(queue, message, "UnknownMessageType", cause)
+        if copied or queue.dead_letter_url is None:
+            await queue.deleter.delete(message.receipt_handle)
+        return Outcome.UNKNOWN_TYPE
+
+    async def _poison(
+        self, queue: QueueRuntime, message: ReceivedMessage, poison: Poison
+    ) -> Outcome:
+        log.warning(
+            "poison message %s on %s: %s (%s)",
+            message.message_id,
+            queue.name,
+            poison.reason.value,
+            poison.detail,
+        )
+        if await self._dead_letter(queue, message, poison.reason.value, poison.detail):
+            await queue.deleter.delete(message.receipt_handle)
+        elif queue.dead_letter_url is None:
+            # No DLQ of ours: hide it as long as allowed and let the queue's redrive
+            # policy move it after maxReceiveCount receives.
+            await self._change_visibility(queue, message, int(self._defaults.retry_max_delay_s))
+        return Outcome.POISON
+
+    async def _dead_letter(
+        self, queue: QueueRuntime, message: ReceivedMessage, reason: str, detail: str
+    ) -> bool:
+        """Copy the message to the queue's DLQ with why; False if none or it failed."""
+        if queue.dead_letter_url is None:
+            return False
+        attributes: dict[str, Any] = {
+            "broker.reason": {"DataType": "String", "StringValue": reason},
+            "broker.source_queue": {"DataType": "String", "StringValue": queue.name},
+            "broker.receive_count": {
+                "DataType": "Number",
+                "StringValue": str(message.receive_count),
+            },
+            "broker.detail": {"DataType": "String", "StringValue": detail[:1024] or "-"},
+        }
+        for name, value in message.raw_attributes.items():
+            if len(attributes) >= _DLQ_ATTRIBUTE_LIMIT:
+                break
+            attributes.setdefault(name, _copyable(value))
+        params: dict[str, Any] = {
+            "QueueUrl": queue.dead_letter_url,
+            "MessageBody": message.body or "(empty body)",
+            "MessageAttributes": attributes,
+        }
+        if queue.dead_letter_url.endswith(".fifo"):
+            params["MessageGroupId"] = message.group_id or "broker-dead-letters"
+            params["MessageDeduplicationId"] = message.message_id
+        try:
+            await self._sqs.send_message(**params)
+        except Exception as exc:  # noqa: BLE001 - the message stays; logged
+            log.error(
+                "copy of message %s to the dead-letter queue failed (%s); kept for redelivery",
+                message.message_id,
+                error_code(exc) or type(exc).__name__,
+            )
+            return False
+        return True
+
+    async def _change_visibility(
+        self, queue: QueueRuntime, message: ReceivedMessage, delay_s: int
+    ) -> None:
+        try:
+            await self._sqs.change_message_visibility(
+                QueueUrl=queue.url,
+                ReceiptHandle=message.receipt_handle,
+                VisibilityTimeout=max(0, min(delay_s, 43_200)),
+            )
+        except Exception as exc:  # noqa: BLE001 - worst case: the queue's own timeout applies
+            log.warning(
+                "ChangeMessageVisibility failed for message %s (%s)",
+                message.message_id,
+                error_code(exc) or type(exc).__name__,
+            )
+
+    async def _heartbeat(self, token: str) -> None:
+        confirmation = await self._completer.heartbeat(token)
+        if confirmation is Confirmation.TASK_CLOSED:
+            log.info("heartbeat: task %s is closed; the workflow gave up", token_ref(token))
+
+
+def _copyable(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value[key] for key in ("DataType", "StringValue", "BinaryValue") if key in value}

@@ -1,0 +1,194 @@
+"""The broker: one root task group owning the pollers, the message tasks and the deleters.
+
+Shutdown order (``request_stop``): stop polling at once, give running handlers
+``shutdown_grace_s`` to finish, then flush the deletes of everything that settled.
+A message whose handler is cut off is not deleted: it comes back after its visibility
+timeout.  Nothing is lost; at worst something runs twice, which the completion of a
+closed task answers harmlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._aws import AwsClients, SqsApi, error_code, open_clients
+from ._completer import Completer
+from ._consumer import QueueConsumer
+from ._deleter import DeleteBatcher
+from ._errors import ConfigError, QueueNotFound
+from ._message import QueueRuntime
+from ._processing import MessageProcessor, ProcessingDefaults
+from ._router import Router
+from ._settings import BrokerSettings, QueueSettings
+from ._stats import Outcome, Stats
+
+__all__ = ["Broker", "resolve_queue_url"]
+
+log = logging.getLogger("broker")
+
+_FLUSH_TIMEOUT_S: Final = 10.0
+
+ClientFactory = Callable[[BrokerSettings], AbstractAsyncContextManager[AwsClients]]
+
+
+class Broker:
+    """Consume the configured queues with the handlers of ``router`` until stopped.
+
+    ``clients`` is the transport seam: tests pass a factory yielding fakes.
+    """
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        router: Router,
+        *,
+        clients: ClientFactory = open_clients,
+    ) -> None:
+        if not settings.queues:
+            raise ConfigError("BROKER_QUEUES: no queue configured")
+        self.settings = settings
+        self.router = router
+        self.stats = Stats()
+        self._clients = clients
+        self._stop: anyio.Event | None = None
+        self._stop_requested = False
+        self.consumers: list[QueueConsumer] = []
+
+    def request_stop(self) -> None:
+        """Begin the drain.  Safe to call before ``run`` started and more than once."""
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(consumer.in_flight for consumer in self.consumers)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._stop = anyio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        settings = self.settings
+        async with self._clients(settings) as clients:
+            queues = [await self._open_queue(clients.sqs, q) for q in settings.queues]
+            completer = Completer(
+                clients.sfn,
+                concurrency=settings.completion_concurrency,
+                rate_per_s=settings.completion_rate_per_s,
+                burst=settings.completion_burst,
+                max_attempts=settings.completion_max_attempts,
+            )
+            processor = MessageProcessor(
+                self.router,
+                completer,
+                clients.sqs,
+                self.stats,
+                ProcessingDefaults(
+                    max_attempts=settings.max_attempts,
+                    handler_timeout_s=settings.handler_timeout_s,
+                    retry_base_delay_s=settings.retry_base_delay_s,
+                    retry_max_delay_s=settings.retry_max_delay_s,
+                ),
+            )
+            total_slots = anyio.CapacityLimiter(settings.concurrency)
+            self.consumers = [
+                QueueConsumer(q, clients.sqs, processor, total_slots=total_slots, stats=self.stats)
+                for q in queues
+            ]
+            async with anyio.create_task_group() as root:
+                for queue in queues:
+                    await root.start(queue.deleter.run)
+                try:
+                    await self._consume(task_status)
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT_S):
+                        for queue in queues:
+                            await queue.deleter.close()
+        log.info("broker stopped: %s", self._summary())
+
+    async def _consume(self, task_status: TaskStatus[None]) -> None:
+        assert self._stop is not None
+        with anyio.CancelScope() as work_scope:
+            async with anyio.create_task_group() as work:
+                async with anyio.create_task_group() as pollers:
+                    for consumer in self.consumers:
+                        pollers.start_soon(consumer.poll, work)
+                    log.info(
+                        "broker running: %d queue(s), %d handler type(s), concurrency %d",
+                        len(self.consumers),
+                        len(self.router),
+                        self.settings.concurrency,
+                    )
+                    task_status.started()
+                    await self._stop.wait()
+                    # Cancelling a long poll in flight can hide the few messages SQS was
+                    # about to return until their visibility lapses: delayed, not lost.
+                    pollers.cancel_scope.cancel()
+                log.info(
+                    "draining: %d handler(s) running, grace %.0fs",
+                    self.in_flight,
+                    self.settings.shutdown_grace_s,
+                )
+                work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
+        if work_scope.cancelled_caught:
+            log.warning("grace period over: running handlers cancelled; their messages will return")
+
+    async def _open_queue(self, sqs: SqsApi, queue: QueueSettings) -> QueueRuntime:
+        url = await resolve_queue_url(sqs, queue.name)
+        attributes = await _queue_attributes(sqs, url, queue.name)
+        dead_letter_url = (
+            await resolve_queue_url(sqs, queue.dead_letter_queue)
+            if queue.dead_letter_queue
+            else None
+        )
+        if dead_letter_url is None:
+            redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
+            log.warning(
+                "queue %s has no dead_letter_queue setting: poison messages are left to the "
+                "queue's redrive policy (the queue has been found %s one)",
+                queue.name,
+                redrive,
+            )
+        return QueueRuntime(
+            settings=queue,
+            url=url,
+            spec=queue.envelope_spec(),
+            deleter=DeleteBatcher(sqs, url, linger_s=self.settings.delete_linger_s),
+            dead_letter_url=dead_letter_url,
+            visibility_timeout_s=int(attributes.get("VisibilityTimeout", 30)),
+            fifo=attributes.get("FifoQueue") == "true",
+        )
+
+    def _summary(self) -> str:
+        parts = [f"{outcome.value}={self.stats.total(outcome)}" for outcome in Outcome]
+        return ", ".join(p for p in parts if not p.endswith("=0")) or "no messages"
+
+
+async def resolve_queue_url(sqs: SqsApi, name_or_url: str) -> str:
+    """A queue URL from a queue name or URL.  ``QueueNotFound`` if it does not exist."""
+    if name_or_url.startswith(("https://", "http://")):
+        return name_or_url
+    try:
+        response = await sqs.get_queue_url(QueueName=name_or_url)
+    except Exception as exc:
+        raise QueueNotFound(
+            f"queue {name_or_url!r} not found or not accessible "
+            f"({error_code(exc) or type(exc).__name__})"
+        ) from exc
+    return str(response["QueueUrl"])
+
+
+async def _queue_attributes(sqs: SqsApi, url: str, name: str) -> dict[str, str]:
+    try:
+        response = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+    except Exception as exc:
+        raise QueueNotFound(
+            f"queue {name!r} ({url}) not accessible ({error_code(exc) or type(exc).__name__})"
+        ) from exc
+    return dict(response.get("Attributes", {}))

@@ -1,0 +1,255 @@
+"""Settings: one object, built at the edge (CLI or caller) and passed down.
+
+Sources, highest priority first: keyword arguments, environment variables
+(``BROKER_*``, plus the AWS conventions ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` /
+``AWS_ENDPOINT_URL``), a ``.env`` file, a config file (TOML or JSON) given on the
+command line, then defaults.  Credentials are never settings: the standard AWS
+credential chain finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from ._envelope import DEFAULT_PAYLOAD_FIELDS, DEFAULT_TOKEN_FIELDS, EnvelopeSpec
+from ._errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "BrokerSettings", "QueueSettings", "load_settings"]
+
+ENV_PREFIX = "BROKER_"
+
+
+class QueueSettings(BaseModel):
+    """One SQS queue to consume.  In ``BROKER_QUEUES`` a bare string means ``{"name": …}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Queue name or queue URL.")
+    concurrency: int | None = Field(
+        default=None, ge=1, description="Handlers in flight for this queue (default: all slots)."
+    )
+    token_fields: tuple[str, ...] = Field(
+        default=DEFAULT_TOKEN_FIELDS, min_length=1, description="Body fields tried for the token."
+    )
+    payload_fields: tuple[str, ...] = Field(
+        default=DEFAULT_PAYLOAD_FIELDS, description="Body fields tried for the payload."
+    )
+    type_attribute: str | None = Field(
+        default="type", description="Message attribute naming the type (null: don't look)."
+    )
+    type_field: str | None = Field(
+        default="type", description="Body field naming the type; dotted path allowed."
+    )
+    default_handler: str | None = Field(
+        default=None, description="Type used when a message names none."
+    )
+    dead_letter_queue: str | None = Field(
+        default=None, description="Queue name or URL for poison and exhausted messages."
+    )
+    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait.")
+    visibility_timeout_s: int | None = Field(
+        default=None, ge=0, le=43_200, description="Visibility on receive (default: the queue's)."
+    )
+
+    def envelope_spec(self) -> EnvelopeSpec:
+        return EnvelopeSpec(
+            token_fields=self.token_fields,
+            payload_fields=self.payload_fields,
+            type_attribute=self.type_attribute,
+            type_field=self.type_field,
+            default_type=self.default_handler,
+        )
+
+
+class BrokerSettings(BaseSettings):
+    """Every setting of the broker.  Environment variables are ``BROKER_`` + the name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    queues: tuple[QueueSettings, ...] = Field(
+        default=(), description="JSON list of queue names/URLs or per-queue objects."
+    )
+    handlers: tuple[str, ...] = Field(
+        default=(), description="JSON list of 'module:attribute' naming Routers to load."
+    )
+    entry_points: bool = Field(
+        default=True, description="Load Routers from the 'callback_broker.handlers' entry points."
+    )
+    concurrency: int = Field(default=64, ge=1, description="Handlers in flight, all queues.")
+    completion_concurrency: int = Field(
+        default=32, ge=1, description="SendTaskSuccess/Failure calls in flight."
+    )
+    completion_rate_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Client-side cap on completion calls per second (null: no cap).",
+    )
+    completion_burst: int | None = Field(
+        default=None, ge=1, description="Token-bucket burst for the cap (default: one second)."
+    )
+    completion_max_attempts: int = Field(
+        default=6, ge=1, description="Tries of one completion call on throttling/5xx/network."
+    )
+    delete_linger_s: float = Field(
+        default=0.05, ge=0, le=5, description="Wait this long to fill a DeleteMessageBatch."
+    )
+    max_attempts: int = Field(default=5, ge=1, description="Default receives before giving up.")
+    handler_timeout_s: float | None = Field(
+        default=None, gt=0, description="Default handler timeout (null: none)."
+    )
+    retry_base_delay_s: float = Field(default=2.0, ge=0, description="First retry backoff.")
+    retry_max_delay_s: float = Field(
+        default=300.0, ge=0, le=43_200, description="Cap of the retry backoff."
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0, ge=0, description="On SIGTERM, time running handlers get to finish."
+    )
+    log_level: str = Field(default="INFO", description="Root log level.")
+    aws_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BROKER_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="AWS region (AWS_REGION or AWS_DEFAULT_REGION).",
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BROKER_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        description="Endpoint for LocalStack or moto (AWS_ENDPOINT_URL).",
+    )
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("handlers")
+    @classmethod
+    def _handler_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ref in value:
+            module, sep, attribute = ref.partition(":")
+            if not sep or not module or not attribute:
+                raise ValueError(f"{ref!r} is not of the form 'module:attribute'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [queue.name for queue in self.queues]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"queues listed twice: {', '.join(duplicates)}")
+        for queue in self.queues:
+            if queue.concurrency is not None and queue.concurrency > self.concurrency:
+                raise ValueError(
+                    f"queue {queue.name!r}: concurrency {queue.concurrency} exceeds "
+                    f"the total concurrency {self.concurrency}"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = InitSettingsSource(settings_cls, init_kwargs=cls.config_file_values)
+        return (init_settings, env_settings, dotenv_settings, config_file)
+
+    # Filled by load_settings() on a throwaway subclass; empty for the base class.
+    config_file_values: ClassVar[dict[str, Any]] = {}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSettings:
+    """Build the settings, translating every problem into one ``ConfigError``.
+
+    The message names each bad setting as its environment variable, so the operator
+    sees ``BROKER_QUEUES`` rather than a pydantic location.
+    """
+    settings_cls: type[BrokerSettings] = BrokerSettings
+    if config_file is not None:
+        values = _read_config_file(config_file)
+        settings_cls = type("BrokerSettings", (BrokerSettings,), {"config_file_values": values})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    except SettingsError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        values: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {_kind(path)}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    # Allow a [broker] table so the file can live inside a larger config.
+    broker_table = values.get("broker")
+    return dict(broker_table) if isinstance(broker_table, dict) else values
+
+
+def _kind(path: Path) -> str:
+    return "JSON" if path.suffix == ".json" else "TOML"
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        field = location[0] if location else ""
+        setting = _setting_name(field)
+        where = ".".join(location[1:])
+        suffix = f" (at {where})" if where else ""
+        lines.append(f"{setting}{suffix}: {error['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def _setting_name(field: str) -> str:
+    known = {"aws_region": "AWS_REGION", "aws_endpoint_url": "AWS_ENDPOINT_URL"}
+    if field in known:
+        return known[field]
+    if field in BrokerSettings.model_fields:
+        return ENV_PREFIX + field.upper()
+    return field or "settings"

@@ -1,0 +1,159 @@
+"""The ``broker`` command: run, check, handlers, demo.
+
+Exit codes: 0 done (a signal-initiated stop included), 1 a runtime failure (for
+example a queue that cannot be reached), 2 bad settings or handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._aws import open_clients
+from ._errors import BrokerError, ConfigError, QueueNotFound, RegistrationError
+from ._plugins import ENTRY_POINT_GROUP, build_router
+from ._router import Router
+from ._service import Broker, resolve_queue_url
+from ._settings import BrokerSettings, load_settings
+
+__all__ = ["main", "run_broker"]
+
+log = logging.getLogger("broker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "demo":
+        from ._demo import run_demo  # moto is an optional extra: import only when asked
+
+        return run_demo(args)
+    try:
+        settings = load_settings(args.config)
+        _configure_logging(settings.log_level)
+        router = build_router(settings)
+        if args.command == "handlers":
+            return _print_handlers(router)
+        if args.command == "check":
+            return _run_async(_check, settings, router)
+        return _run_async(run_broker, settings, router)
+    except (ConfigError, RegistrationError) as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 2
+    except BrokerError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description="Complete AWS Step Functions callback tasks from SQS queues.",
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, help="config file (TOML or JSON) with the settings"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="consume the queues until SIGINT/SIGTERM")
+    commands.add_parser("check", help="validate settings, reach the queues, list the routes")
+    commands.add_parser("handlers", help="list registered message types and their origin")
+    demo = commands.add_parser(
+        "demo", help="run the seed workflows end to end on an embedded emulator (no AWS)"
+    )
+    demo.add_argument("--executions", type=int, default=300, help="executions to start")
+    demo.add_argument("--timeout", type=float, default=180.0, help="seconds before giving up")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # botocore logs request details (tokens included) at DEBUG: keep it quieter.
+    for noisy in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+def _run_async(func: Any, *args: Any) -> int:
+    backend_options: dict[str, Any] = {}
+    try:
+        import uvloop  # noqa: F401
+
+        backend_options["use_uvloop"] = True
+    except ImportError:
+        pass
+    result: int = anyio.run(func, *args, backend_options=backend_options)
+    return result
+
+
+async def run_broker(settings: BrokerSettings, router: Router) -> int:
+    """Run until SIGINT/SIGTERM; a second signal stops at once."""
+    broker = Broker(settings, router)
+    async with anyio.create_task_group() as root:
+        root.start_soon(_watch_signals, broker, root.cancel_scope)
+        await broker.run()
+        root.cancel_scope.cancel()
+    return 0
+
+
+async def _watch_signals(broker: Broker, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        draining = False
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not draining:
+                log.info("%s received: draining (send it again to stop at once)", name)
+                broker.request_stop()
+                draining = True
+            else:
+                log.warning("%s received again: stopping now", name)
+                scope.cancel()
+                return
+
+
+async def _check(settings: BrokerSettings, router: Router) -> int:
+    failures = 0
+    async with open_clients(settings) as clients:
+        for queue in settings.queues:
+            try:
+                url = await resolve_queue_url(clients.sqs, queue.name)
+                attributes = (
+                    await clients.sqs.get_queue_attributes(
+                        QueueUrl=url,
+                        AttributeNames=["ApproximateNumberOfMessages", "VisibilityTimeout"],
+                    )
+                ).get("Attributes", {})
+            except (QueueNotFound, Exception) as exc:  # noqa: BLE001 - reported, counted
+                failures += 1
+                print(f"queue {queue.name}: UNREACHABLE: {exc}")
+                continue
+            print(
+                f"queue {queue.name}: ok ({url}, ~{attributes.get('ApproximateNumberOfMessages')}"
+                f" messages, visibility {attributes.get('VisibilityTimeout')}s)"
+            )
+    _print_handlers(router)
+    return 1 if failures else 0
+
+
+def _print_handlers(router: Router) -> int:
+    if not len(router):
+        print(
+            f"no handlers registered (set BROKER_HANDLERS or install a plugin in the "
+            f"{ENTRY_POINT_GROUP!r} entry-point group)"
+        )
+        return 0
+    width = max(len(route.message_type) for route in router)
+    for route in sorted(router, key=lambda r: r.message_type):
+        typed = " typed" if route.payload_adapter else ""
+        print(f"{route.message_type:<{width}}  {route.handler_name}{typed}  [{route.origin}]")
+    return 0

@@ -1,0 +1,4 @@
+"""Handlers that ship with the broker.
+
+Load them with ``BROKER_HANDLERS='["handlers.seeds:router"]'``.
+"""
