@@ -1,0 +1,474 @@
+"""In-memory SQS and Step Functions for testing handlers and the broker without AWS.
+
+The fakes keep the semantics the broker relies on — visibility timeouts, receive
+counts, receipt handles, long polls, per-entry batch failures, a closed task answering
+``TaskTimedOut``, and the size limits real Step Functions enforces (which neither moto
+nor LocalStack does) — and can inject faults and latency.
+
+For handler authors::
+
+    from broker.testing import TestBroker
+
+    async def test_purchase() -> None:
+        async with TestBroker(router) as broker:
+            token = await broker.start_task({"TransactionType": "PURCHASE"}, message_type="buy")
+            await broker.wait_idle()
+        assert broker.sfn.outcomes[token].status == "success"
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+from botocore.exceptions import ClientError
+
+from ._aws import AwsClients
+from ._service import Broker
+from ._settings import BrokerSettings, QueueSettings
+
+__all__ = [
+    "FakeSfn",
+    "FakeSqs",
+    "TaskOutcome",
+    "TestBroker",
+    "client_error",
+]
+
+_MAX_OUTPUT_BYTES = 262_144
+
+
+def client_error(
+    code: str, message: str = "", *, status: int = 400, op: str = "Call"
+) -> ClientError:
+    """A botocore ``ClientError`` as AWS would raise it."""
+    response: Any = {
+        "Error": {"Code": code, "Message": message or code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, op)
+
+
+class _Faults:
+    """Scripted failures and latency shared by both fakes."""
+
+    def __init__(self) -> None:
+        self.latency_s = 0.0
+        self.calls: Counter[str] = Counter()
+        self._scripted: dict[str, list[BaseException]] = defaultdict(list)
+        self._in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
+
+    def fail_next(self, api: str, error: BaseException, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``api`` (botocore name) raise ``error``."""
+        self._scripted[api].extend([error] * times)
+
+    @asynccontextmanager
+    async def _call(self, api: str) -> AsyncIterator[None]:
+        self.calls[api] += 1
+        self._in_flight[api] += 1
+        self.max_in_flight[api] = max(self.max_in_flight[api], self._in_flight[api])
+        try:
+            if self.latency_s:
+                await anyio.sleep(self.latency_s)
+            if self._scripted[api]:
+                raise self._scripted[api].pop(0)
+            yield
+        finally:
+            self._in_flight[api] -= 1
+
+
+# --------------------------------------------------------------------------- SQS
+
+
+@dataclass
+class _Stored:
+    message_id: str
+    body: str
+    attributes: dict[str, Any]
+    group_id: str | None
+    sent_at: float
+    receive_count: int = 0
+    visible_at: float = 0.0
+    receipt_handle: str | None = None
+
+
+@dataclass
+class _Queue:
+    name: str
+    url: str
+    visibility_timeout_s: int
+    messages: dict[str, _Stored] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class FakeSqs(_Faults):
+    """An in-memory SQS with the calls the broker makes."""
+
+    def __init__(self, *, region: str = "us-east-1", account: str = "000000000000") -> None:
+        super().__init__()
+        self._base = f"https://sqs.{region}.amazonaws.com/{account}"
+        self.queues: dict[str, _Queue] = {}
+        self.receive_sizes: list[int] = []
+        self.delete_batch_sizes: list[int] = []
+        self._ids = itertools.count(1)
+
+    # -- set-up helpers (synchronous, not part of the SQS API)
+    def create_queue(self, name: str, *, visibility_timeout_s: int = 30, **attributes: str) -> str:
+        url = f"{self._base}/{name}"
+        self.queues[url] = _Queue(name, url, visibility_timeout_s, attributes=dict(attributes))
+        return url
+
+    def url_of(self, name: str) -> str:
+        return f"{self._base}/{name}"
+
+    def put(
+        self,
+        queue: str,
+        body: str | bytes,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        group_id: str | None = None,
+    ) -> str:
+        """Add a message directly (no latency, no faults); returns its id."""
+        stored = self._queue(self._url(queue))
+        message_id = f"m-{next(self._ids):06d}"
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        stored.messages[message_id] = _Stored(
+            message_id,
+            text,
+            {k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()},
+            group_id,
+            sent_at=anyio.current_time(),
+        )
+        return message_id
+
+    def visible(self, queue: str) -> int:
+        now = anyio.current_time()
+        return sum(
+            1 for m in self._queue(self._url(queue)).messages.values() if m.visible_at <= now
+        )
+
+    def count(self, queue: str) -> int:
+        """Messages in the queue, visible or in flight."""
+        return len(self._queue(self._url(queue)).messages)
+
+    def bodies(self, queue: str) -> list[str]:
+        return [m.body for m in self._queue(self._url(queue)).messages.values()]
+
+    def messages(self, queue: str) -> list[_Stored]:
+        return list(self._queue(self._url(queue)).messages.values())
+
+    # -- the SQS API
+    async def get_queue_url(self, *, QueueName: str) -> dict[str, Any]:
+        async with self._call("get_queue_url"):
+            url = self.url_of(QueueName)
+            self._queue(url)
+            return {"QueueUrl": url}
+
+    async def get_queue_attributes(
+        self,
+        *,
+        QueueUrl: str,
+        AttributeNames: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        async with self._call("get_queue_attributes"):
+            queue = self._queue(QueueUrl)
+            return {
+                "Attributes": {
+                    "VisibilityTimeout": str(queue.visibility_timeout_s),
+                    "ApproximateNumberOfMessages": str(len(queue.messages)),
+                    **queue.attributes,
+                }
+            }
+
+    async def send_message(
+        self,
+        *,
+        QueueUrl: str,
+        MessageBody: str,
+        MessageAttributes: Mapping[str, Any] | None = None,
+        MessageGroupId: str | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        async with self._call("send_message"):
+            if len(MessageAttributes or {}) > 10:
+                raise client_error("InvalidParameterValue", "too many message attributes")
+            queue = self._queue(QueueUrl)
+            message_id = f"m-{next(self._ids):06d}"
+            queue.messages[message_id] = _Stored(
+                message_id,
+                MessageBody,
+                dict(MessageAttributes or {}),
+                MessageGroupId,
+                sent_at=anyio.current_time(),
+            )
+            return {"MessageId": message_id}
+
+    async def receive_message(
+        self,
+        *,
+        QueueUrl: str,
+        MaxNumberOfMessages: int = 1,
+        WaitTimeSeconds: int = 0,
+        VisibilityTimeout: int | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        if not 1 <= MaxNumberOfMessages <= 10:
+            raise client_error("InvalidParameterValue", "MaxNumberOfMessages must be 1..10")
+        self.receive_sizes.append(MaxNumberOfMessages)
+        async with self._call("receive_message"):
+            queue = self._queue(QueueUrl)
+            deadline = anyio.current_time() + WaitTimeSeconds
+            while True:
+                now = anyio.current_time()
+                ready = [m for m in queue.messages.values() if m.visible_at <= now]
+                if ready or now >= deadline:
+                    break
+                await anyio.sleep(min(0.005, deadline - now))
+            out = []
+            for stored in ready[:MaxNumberOfMessages]:
+                stored.receive_count += 1
+                stored.receipt_handle = uuid.uuid4().hex
+                timeout_s = (
+                    VisibilityTimeout
+                    if VisibilityTimeout is not None
+                    else queue.visibility_timeout_s
+                )
+                stored.visible_at = now + timeout_s
+                system = {"ApproximateReceiveCount": str(stored.receive_count)}
+                if stored.group_id:
+                    system["MessageGroupId"] = stored.group_id
+                raw: dict[str, Any] = {
+                    "MessageId": stored.message_id,
+                    "ReceiptHandle": stored.receipt_handle,
+                    "Body": stored.body,
+                    "Attributes": system,
+                }
+                if stored.attributes:
+                    raw["MessageAttributes"] = stored.attributes
+                out.append(raw)
+            return {"Messages": out} if out else {}
+
+    async def delete_message_batch(
+        self,
+        *,
+        QueueUrl: str,
+        Entries: Sequence[Mapping[str, str]],
+    ) -> dict[str, Any]:
+        async with self._call("delete_message_batch"):
+            if not 1 <= len(Entries) <= 10:
+                raise client_error("TooManyEntriesInBatchRequest", "1..10 entries")
+            self.delete_batch_sizes.append(len(Entries))
+            queue = self._queue(QueueUrl)
+            successful, failed = [], []
+            for entry in Entries:
+                found = self._by_handle(queue, entry["ReceiptHandle"])
+                if found is None:
+                    failed.append(
+                        {"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True}
+                    )
+                else:
+                    del queue.messages[found.message_id]
+                    successful.append({"Id": entry["Id"]})
+            return {"Successful": successful, "Failed": failed}
+
+    async def change_message_visibility(
+        self,
+        *,
+        QueueUrl: str,
+        ReceiptHandle: str,
+        VisibilityTimeout: int,
+    ) -> dict[str, Any]:
+        async with self._call("change_message_visibility"):
+            found = self._by_handle(self._queue(QueueUrl), ReceiptHandle)
+            if found is None:
+                raise client_error("ReceiptHandleIsInvalid")
+            found.visible_at = anyio.current_time() + VisibilityTimeout
+            return {}
+
+    def _url(self, queue: str) -> str:
+        return queue if queue.startswith("https://") else self.url_of(queue)
+
+    def _queue(self, url: str) -> _Queue:
+        try:
+            return self.queues[url]
+        except KeyError:
+            raise client_error(
+                "AWS.SimpleQueueService.NonExistentQueue", "The specified queue does not exist."
+            ) from None
+
+    @staticmethod
+    def _by_handle(queue: _Queue, handle: str) -> _Stored | None:
+        return next((m for m in queue.messages.values() if m.receipt_handle == handle), None)
+
+
+# --------------------------------------------------------------------- Step Functions
+
+
+@dataclass
+class TaskOutcome:
+    """What a fake task was completed with (the first completion wins, as in AWS)."""
+
+    status: Literal["success", "failure"]
+    output: Any = None
+    error: str | None = None
+    cause: str | None = None
+
+
+class FakeSfn(_Faults):
+    """Step Functions' task-token API, with AWS's validation and closed-task answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: dict[str, TaskOutcome] = {}
+        self.heartbeats: Counter[str] = Counter()
+        #: Completions answered TaskTimedOut because the task was already closed.
+        self.duplicates = 0
+        self._tokens = itertools.count(1)
+
+    def new_token(self) -> str:
+        # Long and opaque like the real thing, so leak checks have something to find.
+        return f"AQB{next(self._tokens):08d}" + uuid.uuid4().hex * 8
+
+    def close(self, token: str) -> None:
+        """Mark a task closed (timed out) so later calls answer TaskTimedOut."""
+        self.outcomes[token] = TaskOutcome("failure", error="States.Timeout")
+
+    async def send_task_success(self, *, taskToken: str, output: str) -> dict[str, Any]:
+        async with self._call("send_task_success"):
+            self._check_open(taskToken)
+            if len(output.encode("utf-8")) > _MAX_OUTPUT_BYTES:
+                raise client_error("ValidationException", "output too long")
+            try:
+                parsed = orjson.loads(output)
+            except orjson.JSONDecodeError:
+                raise client_error("InvalidOutput", "output is not valid JSON") from None
+            self.outcomes[taskToken] = TaskOutcome("success", output=parsed)
+            return {}
+
+    async def send_task_failure(
+        self,
+        *,
+        taskToken: str,
+        error: str = "",
+        cause: str = "",
+    ) -> dict[str, Any]:
+        async with self._call("send_task_failure"):
+            self._check_open(taskToken)
+            if len(error) > 256 or len(cause) > 32_768:
+                raise client_error("ValidationException", "error or cause too long")
+            self.outcomes[taskToken] = TaskOutcome("failure", error=error, cause=cause)
+            return {}
+
+    async def send_task_heartbeat(self, *, taskToken: str) -> dict[str, Any]:
+        async with self._call("send_task_heartbeat"):
+            self._check_open(taskToken)
+            self.heartbeats[taskToken] += 1
+            return {}
+
+    def _check_open(self, token: str) -> None:
+        if not 1 <= len(token) <= 2048:
+            raise client_error("ValidationException", "taskToken length")
+        if token in self.outcomes:
+            self.duplicates += 1
+            raise client_error("TaskTimedOut", "Task Timed Out")
+
+
+# ------------------------------------------------------------------------- TestBroker
+
+
+class TestBroker:
+    """The real ``Broker`` on in-memory fakes.  An async context manager.
+
+    ``settings`` defaults to one queue named ``"tasks"`` with a short long-poll.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        router: Any,
+        settings: BrokerSettings | None = None,
+        *,
+        sqs: FakeSqs | None = None,
+        sfn: FakeSfn | None = None,
+    ) -> None:
+        self.settings = settings or BrokerSettings(
+            queues=(QueueSettings(name="tasks", wait_time_s=1),),
+            entry_points=False,
+            delete_linger_s=0.01,
+        )
+        self.sqs = sqs or FakeSqs()
+        self.sfn = sfn or FakeSfn()
+        for queue in self.settings.queues:
+            for name in (queue.name, queue.dead_letter_queue):
+                if name and self.sqs._url(name) not in self.sqs.queues:
+                    self.sqs.create_queue(name.rsplit("/", 1)[-1])
+        self.broker = Broker(self.settings, router, clients=self._clients)
+        self._group: TaskGroup | None = None
+
+    @asynccontextmanager
+    async def _clients(self, _: BrokerSettings) -> AsyncIterator[AwsClients]:
+        yield AwsClients(sqs=self.sqs, sfn=self.sfn)
+
+    async def __aenter__(self) -> Self:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        await self._group.start(self._run)
+        return self
+
+    async def _run(self, *, task_status: Any) -> None:
+        await self.broker.run(task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.broker.request_stop()
+        assert self._group is not None
+        return await self._group.__aexit__(exc_type, exc, tb)
+
+    async def start_task(
+        self,
+        payload: Any,
+        *,
+        message_type: str | None = None,
+        queue: str | None = None,
+        token_field: str = "TaskToken",  # noqa: S107 - a field name
+        payload_field: str = "input",
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
+        """Put a callback message the way a state machine would; returns its token."""
+        token = self.sfn.new_token()
+        body: dict[str, Any] = {payload_field: payload, token_field: token}
+        message_attributes = dict(attributes or {})
+        if message_type is not None:
+            message_attributes.setdefault("type", message_type)
+        self.sqs.put(queue or self.settings.queues[0].name, orjson.dumps(body), message_attributes)
+        return token
+
+    async def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no message is visible and no handler runs (deletes flushed)."""
+        with anyio.fail_after(timeout_s):
+            while True:
+                await anyio.sleep(0.02)
+                busy = self.broker.in_flight or any(
+                    self.sqs.visible(q.name) for q in self.settings.queues
+                )
+                if not busy:
+                    # One linger more, so the last deletes are flushed.
+                    await anyio.sleep(self.settings.delete_linger_s + 0.05)
+                    if not self.broker.in_flight:
+                        return
