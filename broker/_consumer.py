@@ -52,10 +52,12 @@ class QueueConsumer:
             queue.settings.concurrency or int(total_slots.total_tokens)
         )
         self._stats = stats
+        self._processing = 0
 
     @property
     def in_flight(self) -> int:
-        return int(self._queue_slots.borrowed_tokens)
+        """Messages received and not yet settled (slots reserved for a poll excluded)."""
+        return self._processing
 
     async def poll(self, work: TaskGroup) -> None:
         """Run until cancelled, starting each received message as a task in ``work``."""
@@ -83,6 +85,7 @@ class QueueConsumer:
             failures = 0
             self._stats.received[self.queue.name] += len(messages)
             for message, slot in zip(messages, slots, strict=False):
+                self._processing += 1
                 work.start_soon(self._handle, message, slot)
             self._release(slots[len(messages) :])
 
@@ -141,4 +144,5 @@ class QueueConsumer:
                 self.queue.name,
             )
         finally:
+            self._processing -= 1
             self._release([slot])
