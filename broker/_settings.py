@@ -10,6 +10,7 @@ credential chain finds them.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -149,6 +150,15 @@ class BrokerSettings(BaseSettings):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
 
+    @field_validator("queues")
+    @classmethod
+    def _unique_queues(cls, value: tuple[QueueSettings, ...]) -> tuple[QueueSettings, ...]:
+        names = [queue.name for queue in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"queues listed twice: {', '.join(duplicates)}")
+        return value
+
     @field_validator("handlers")
     @classmethod
     def _handler_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -168,14 +178,10 @@ class BrokerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        names = [queue.name for queue in self.queues]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"queues listed twice: {', '.join(duplicates)}")
         for queue in self.queues:
             if queue.concurrency is not None and queue.concurrency > self.concurrency:
                 raise ValueError(
-                    f"queue {queue.name!r}: concurrency {queue.concurrency} exceeds "
+                    f"{ENV_PREFIX}QUEUES: queue {queue.name!r}: concurrency {queue.concurrency} exceeds "
                     f"the total concurrency {self.concurrency}"
                 )
         return self
@@ -211,7 +217,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSe
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     except SettingsError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        # pydantic-settings names the field, not the variable: "error parsing value for
+        # field "queues" from source ..." — usually a value that is not valid JSON.
+        match = re.search(r'field "(\w+)"', str(exc))
+        setting = _setting_name(match.group(1)) if match else "a setting"
+        raise ConfigError(
+            f"{setting}: cannot parse the value (lists and objects are JSON): {exc}"
+        ) from exc
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

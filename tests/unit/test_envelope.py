@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from broker._envelope import EnvelopeSpec, Envelope, Poison, PoisonReason, parse_envelope
+
+SPEC = EnvelopeSpec()
+
+
+def parse(body: object, attributes: dict[str, str] | None = None, spec: EnvelopeSpec = SPEC):
+    raw = body if isinstance(body, str | bytes) else orjson.dumps(body)
+    return parse_envelope(raw, attributes or {}, spec)
+
+
+def test_seed_000_shape_input_and_my_task_token() -> None:
+    parsed = parse({"input": {"TransactionType": "PURCHASE"}, "MyTaskToken": "tok-1"})
+    assert isinstance(parsed, Envelope)
+    assert parsed.token == "tok-1"
+    assert parsed.payload == {"TransactionType": "PURCHASE"}
+    assert parsed.message_type is None
+
+
+def test_seed_004_shape_payload_and_task_token() -> None:
+    parsed = parse({"Payload": {"id": 7}, "TaskToken": "tok-2"})
+    assert isinstance(parsed, Envelope)
+    assert (parsed.token, parsed.payload) == ("tok-2", {"id": 7})
+
+
+def test_payload_defaults_to_body_without_token() -> None:
+    parsed = parse({"taskToken": "t", "a": 1, "type": "x"})
+    assert isinstance(parsed, Envelope)
+    assert parsed.payload == {"a": 1, "type": "x"}
+    assert parsed.message_type == "x"
+
+
+def test_attribute_beats_body_field_beats_default() -> None:
+    spec = EnvelopeSpec(default_type="fallback")
+    body = {"TaskToken": "t", "type": "from-body"}
+    assert parse(body, {"type": "from-attr"}, spec).message_type == "from-attr"  # type: ignore[union-attr]
+    assert parse(body, {}, spec).message_type == "from-body"  # type: ignore[union-attr]
+    assert parse({"TaskToken": "t"}, {}, spec).message_type == "fallback"  # type: ignore[union-attr]
+
+
+def test_dotted_type_path_found_in_body_or_payload() -> None:
+    spec = EnvelopeSpec(type_field="order.kind")
+    in_body = parse({"TaskToken": "t", "order": {"kind": "a"}}, spec=spec)
+    in_payload = parse({"TaskToken": "t", "input": {"order": {"kind": "b"}}}, spec=spec)
+    assert in_body.message_type == "a"  # type: ignore[union-attr]
+    assert in_payload.message_type == "b"  # type: ignore[union-attr]
+
+
+def test_seed_001_transaction_type_as_type_field() -> None:
+    spec = EnvelopeSpec(type_field="TransactionType")
+    parsed = parse({"input": {"TransactionType": "REFUND"}, "MyTaskToken": "t"}, spec=spec)
+    assert parsed.message_type == "REFUND"  # type: ignore[union-attr]
+
+
+def test_custom_token_field() -> None:
+    spec = EnvelopeSpec(token_fields=("callback.token",))
+    assert isinstance(parse({"callback.token": "t"}, spec=spec), Envelope)
+    assert isinstance(parse({"TaskToken": "t"}, spec=spec), Poison)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("not json", PoisonReason.INVALID_JSON),
+        (b"\xff\xfe\x00garbage", PoisonReason.INVALID_JSON),
+        ("", PoisonReason.INVALID_JSON),
+        ("[1, 2]", PoisonReason.NOT_AN_OBJECT),
+        ('"a string"', PoisonReason.NOT_AN_OBJECT),
+        ("null", PoisonReason.NOT_AN_OBJECT),
+        ({"input": {}}, PoisonReason.MISSING_TOKEN),
+        ({"TaskToken": ""}, PoisonReason.INVALID_TOKEN),
+        ({"TaskToken": 12}, PoisonReason.INVALID_TOKEN),
+        ({"TaskToken": "x" * 2049}, PoisonReason.INVALID_TOKEN),
+    ],
+)
+def test_bad_bodies_are_poison_with_reason(body: object, reason: PoisonReason) -> None:
+    parsed = parse(body)
+    assert isinstance(parsed, Poison)
+    assert parsed.reason is reason
+    assert parsed.detail
+
+
+def test_poison_detail_never_echoes_the_token() -> None:
+    secret = "s" * 3000
+    parsed = parse({"TaskToken": secret})
+    assert isinstance(parsed, Poison)
+    assert secret[:50] not in parsed.detail

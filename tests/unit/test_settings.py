@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("BROKER_", "AWS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_queues_from_env_accept_names_urls_and_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "BROKER_QUEUES",
+        '["plain", "https://sqs.eu-west-1.amazonaws.com/1/q", '
+        '{"name": "custom", "concurrency": 4, "type_field": "input.kind", "default_handler": "x"}]',
+    )
+    settings = load_settings()
+    assert [q.name for q in settings.queues] == [
+        "plain",
+        "https://sqs.eu-west-1.amazonaws.com/1/q",
+        "custom",
+    ]
+    custom = settings.queues[2]
+    assert custom.concurrency == 4
+    assert custom.envelope_spec().type_field == "input.kind"
+    assert custom.envelope_spec().default_type == "x"
+
+
+def test_aws_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    settings = load_settings()
+    assert settings.aws_region == "eu-central-1"
+    assert settings.aws_endpoint_url == "http://127.0.0.1:4566"
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    assert load_settings().aws_region == "us-west-2"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("BROKER_CONCURRENCY", "lots", "BROKER_CONCURRENCY"),
+        ("BROKER_CONCURRENCY", "0", "BROKER_CONCURRENCY"),
+        ("BROKER_QUEUES", '[{"name": "q", "concurency": 3}]', "BROKER_QUEUES"),
+        ("BROKER_QUEUES", '[{"name": "q", "wait_time_s": 21}]', "BROKER_QUEUES"),
+        ("BROKER_QUEUES", '["a", "a"]', "BROKER_QUEUES"),
+        ("BROKER_QUEUES", "not-json", "BROKER_QUEUES: cannot parse"),
+        ("BROKER_HANDLERS", '["no_colon"]', "BROKER_HANDLERS"),
+        ("BROKER_LOG_LEVEL", "chatty", "BROKER_LOG_LEVEL"),
+        ("BROKER_COMPLETION_RATE_PER_S", "-1", "BROKER_COMPLETION_RATE_PER_S"),
+    ],
+)
+def test_bad_setting_fails_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_queue_concurrency_above_total_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_CONCURRENCY", "4")
+    monkeypatch.setenv("BROKER_QUEUES", '[{"name": "q", "concurrency": 8}]')
+    with pytest.raises(ConfigError, match="exceeds the total concurrency 4"):
+        load_settings()
+
+
+def test_toml_config_file_with_broker_table_and_env_precedence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('[broker]\nqueues = ["from-file"]\nconcurrency = 7\nmax_attempts = 2\n')
+    settings = load_settings(config)
+    assert (settings.queues[0].name, settings.concurrency, settings.max_attempts) == (
+        "from-file",
+        7,
+        2,
+    )
+    monkeypatch.setenv("BROKER_CONCURRENCY", "9")
+    assert load_settings(config).concurrency == 9
+
+
+def test_json_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "broker.json"
+    config.write_text('{"queues": [{"name": "j", "dead_letter_queue": "j-dlq"}]}')
+    assert load_settings(config).queues[0].dead_letter_queue == "j-dlq"
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text('BROKER_QUEUES=["dotenv-q"]\nBROKER_MAX_ATTEMPTS=3\n')
+    settings = load_settings()
+    assert settings.queues[0].name == "dotenv-q"
+    assert settings.max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("queues = [", ".toml", "not valid TOML"),
+        ("{", ".json", "not valid JSON"),
+        ("[1]", ".json", "table/object"),
+        ("unknown_setting = 1", ".toml", "unknown_setting"),
+    ],
+)
+def test_bad_config_file(tmp_path: Path, content: str, suffix: str, message: str) -> None:
+    config = tmp_path / f"c{suffix}"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.toml")
