@@ -1,0 +1,273 @@
+"""The real broker against moto: seed state machines, real SQS, real task tokens.
+
+Each test deploys the seed flows (``sqs:sendMessage.waitForTaskToken`` with each seed's
+body shape), starts executions, runs the broker in-process, and asserts on what Step
+Functions recorded: every execution SUCCEEDED with the handler's output or FAILED
+with the handler's error, and nothing is left in the queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from broker import Broker, BrokerSettings, QueueSettings, Router, Task, TaskFailed
+from broker._emulator import (
+    EmbeddedAws,
+    ExecutionResult,
+    SeedFlows,
+    start_executions,
+    wait_for_executions,
+)
+from handlers.seeds import router as seed_router
+
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+
+@asynccontextmanager
+async def running(settings: BrokerSettings, router: Router) -> AsyncIterator[Broker]:
+    broker = Broker(settings, router)
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: broker.run(task_status=task_status))
+        try:
+            yield broker
+        finally:
+            broker.request_stop()
+
+
+def settings_for(aws: EmbeddedAws, *queues: QueueSettings, **overrides: Any) -> BrokerSettings:
+    return BrokerSettings(
+        queues=queues,
+        entry_points=False,
+        aws_region=aws.region,
+        aws_endpoint_url=aws.endpoint_url,
+        delete_linger_s=0.02,
+        **overrides,
+    )
+
+
+async def run_executions(
+    aws: EmbeddedAws, machine: str, inputs: Sequence[Mapping[str, Any]], timeout_s: float = 60
+) -> list[ExecutionResult]:
+    arns = await anyio.to_thread.run_sync(
+        lambda: start_executions(aws, machine, inputs, name_prefix="it")
+    )
+    results = await anyio.to_thread.run_sync(
+        lambda: wait_for_executions(aws, arns, timeout_s=timeout_s)
+    )
+    return [results[arn] for arn in arns]
+
+
+async def assert_queues_drained(aws: EmbeddedAws, *urls: str) -> None:
+    sqs = aws.client("sqs")
+    # Deletes are flushed after a short linger; give them a moment.
+    with anyio.fail_after(10):
+        while True:
+            counts = []
+            for url in urls:
+                attributes = await anyio.to_thread.run_sync(
+                    lambda url=url: sqs.get_queue_attributes(
+                        QueueUrl=url,
+                        AttributeNames=[
+                            "ApproximateNumberOfMessages",
+                            "ApproximateNumberOfMessagesNotVisible",
+                        ],
+                    )["Attributes"]
+                )
+                counts.append(sum(int(v) for v in attributes.values()))
+            if not any(counts):
+                return
+            await anyio.sleep(0.1)
+
+
+async def test_two_queues_both_seed_body_shapes(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:
+    settings = settings_for(
+        aws,
+        # seed 000: {"input": ..., "MyTaskToken": ...}
+        QueueSettings(name=seed_flows.queues["callback"], default_handler="callback"),
+        # seed 004: {"Payload": ..., "TaskToken": ...}
+        QueueSettings(name=seed_flows.queues["verification"], default_handler="verify"),
+    )
+    async with running(settings, seed_router):
+        callbacks, verifications = await _gather(
+            run_executions(
+                aws, seed_flows.state_machines["callback"], [{"n": i} for i in range(5)]
+            ),
+            run_executions(
+                aws,
+                seed_flows.state_machines["verification"],
+                [{"in": "SUCCESS"}, {"in": "RANDOM"}, {"in": "SUCCESS"}],
+            ),
+        )
+    assert [r.status for r in callbacks] == ["SUCCEEDED"] * 5
+    assert all(r.output == {"body": "Return from callback"} for r in callbacks)
+    assert [r.status for r in verifications] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert verifications[0].output == {"result": {"in": "SUCCESS"}}
+    assert verifications[1].error == "NO_SUCCESS_INPUT"
+    await assert_queues_drained(aws, *seed_flows.queues.values())
+
+
+async def test_attribute_routing_purchase_and_refund(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    # The transactions machine puts {"type": "purchase"|"refund"} in message attributes.
+    settings = settings_for(aws, QueueSettings(name=seed_flows.queues["transactions"]))
+    inputs = [{"TransactionType": "PURCHASE"}, {"TransactionType": "REFUND"}] * 3
+    async with running(settings, seed_router) as broker:
+        results = await run_executions(aws, seed_flows.state_machines["transactions"], inputs)
+    assert [r.status for r in results] == ["SUCCEEDED"] * 6
+    assert [r.output["TransactionType"] for r in results] == ["PURCHASE", "REFUND"] * 3
+    assert results[0].output["Message"] == (
+        "Hello from the broker inside the ProcessPurchase handler"
+    )
+    assert results[1].output["Message"] == "Hello from Refund Processor!"
+    assert broker.stats.received[seed_flows.queues["transactions"]] == 6
+    await assert_queues_drained(aws, seed_flows.queues["transactions"])
+
+
+async def test_body_field_routing_with_a_dotted_path(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    # No attribute on the callback queue: the type is read from the payload.
+    settings = settings_for(
+        aws,
+        QueueSettings(name=seed_flows.queues["callback"], type_field="input.TransactionType"),
+    )
+    inputs = [{"TransactionType": "PURCHASE"}, {"TransactionType": "REFUND"}]
+    async with running(settings, seed_router):
+        results = await run_executions(aws, seed_flows.state_machines["callback"], inputs)
+    assert [r.status for r in results] == ["SUCCEEDED", "SUCCEEDED"]
+    assert [r.output["TransactionType"] for r in results] == ["PURCHASE", "REFUND"]
+
+
+async def test_typed_payload_rejection_and_unknown_type_fail_the_execution(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    settings = settings_for(
+        aws,
+        QueueSettings(name=seed_flows.queues["callback"], type_field="input.kind"),
+    )
+    inputs = [
+        {"kind": "purchase"},  # typed handler: TransactionType missing
+        {"kind": "no-such-type"},
+        {"kind": "purchase", "TransactionType": "PURCHASE"},
+    ]
+    async with running(settings, seed_router):
+        results = await run_executions(aws, seed_flows.state_machines["callback"], inputs)
+    assert [r.status for r in results] == ["FAILED", "FAILED", "SUCCEEDED"]
+    assert results[0].error == "Broker.InvalidInput"
+    assert results[1].error == "Broker.UnknownMessageType"
+    await assert_queues_drained(aws, seed_flows.queues["callback"])
+
+
+async def test_handler_failure_and_retry_then_success(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    router = Router()
+    seen: dict[int, int] = {}
+
+    @router.handler("work")
+    async def work(task: Task[dict[str, int]]) -> dict[str, int]:
+        n = task.payload["n"]
+        seen[n] = seen.get(n, 0) + 1
+        if n == 0:
+            raise TaskFailed("Work.Refused", "n must not be 0")
+        if n == 1 and seen[n] == 1:
+            raise ConnectionError("transient")
+        return {"double": 2 * n}
+
+    settings = settings_for(
+        aws,
+        QueueSettings(name=seed_flows.queues["callback"], default_handler="work"),
+        retry_base_delay_s=0,
+    )
+    async with running(settings, router):
+        results = await run_executions(
+            aws, seed_flows.state_machines["callback"], [{"n": 0}, {"n": 1}, {"n": 2}]
+        )
+    assert [r.status for r in results] == ["FAILED", "SUCCEEDED", "SUCCEEDED"]
+    assert results[0].error == "Work.Refused"
+    assert results[1].output == {"double": 2}
+    assert seen[1] == 2  # retried once, through a real redelivery
+    await assert_queues_drained(aws, seed_flows.queues["callback"])
+
+
+async def test_concurrency_limit_is_honoured(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:
+    router = Router()
+    now = peak = 0
+
+    @router.handler("slowish")
+    async def slowish(task: Task[Any]) -> dict[str, str]:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        try:
+            await anyio.sleep(0.2)
+        finally:
+            now -= 1
+        return {"ok": "yes"}
+
+    settings = settings_for(
+        aws,
+        QueueSettings(name=seed_flows.queues["callback"], default_handler="slowish"),
+        concurrency=3,
+    )
+    async with running(settings, router):
+        results = await run_executions(
+            aws, seed_flows.state_machines["callback"], [{"i": i} for i in range(24)]
+        )
+    assert [r.status for r in results] == ["SUCCEEDED"] * 24
+    assert peak == 3
+
+
+async def test_a_slow_handler_does_not_block_other_queues(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    router = Router()
+    release = anyio.Event()
+
+    @router.handler("stuck")
+    async def stuck(task: Task[Any]) -> dict[str, str]:
+        await release.wait()
+        return {"finally": "released"}
+
+    router.include(seed_router)
+    settings = settings_for(
+        aws,
+        QueueSettings(name=seed_flows.queues["callback"], default_handler="stuck", concurrency=2),
+        QueueSettings(name=seed_flows.queues["verification"], default_handler="verify"),
+        concurrency=4,
+    )
+    async with running(settings, router):
+        stuck_arns = await anyio.to_thread.run_sync(
+            lambda: start_executions(
+                aws, seed_flows.state_machines["callback"], [{}] * 4, name_prefix="stuck"
+            )
+        )
+        fast = await run_executions(
+            aws, seed_flows.state_machines["verification"], [{"in": "SUCCESS"}] * 10
+        )
+        # Every verification finished while the callback queue's handlers were stuck.
+        assert [r.status for r in fast] == ["SUCCEEDED"] * 10
+        release.set()
+        stuck_results = await anyio.to_thread.run_sync(
+            lambda: wait_for_executions(aws, stuck_arns, timeout_s=60)
+        )
+    assert [r.status for r in stuck_results.values()] == ["SUCCEEDED"] * 4
+
+
+async def _gather(*calls: Any) -> list[Any]:
+    results: list[Any] = [None] * len(calls)
+
+    async def one(index: int, call: Any) -> None:
+        results[index] = await call
+
+    async with anyio.create_task_group() as tg:
+        for index, call in enumerate(calls):
+            tg.start_soon(one, index, call)
+    return results
