@@ -12,11 +12,15 @@ Known moto 5.2 behaviour this module works with:
 
 - The Step Functions engine sends its SQS messages to `http://localhost:$MOTO_PORT`, a
   process-wide setting, so only one `EmbeddedAws` per process can run executions.
-- `SendTaskFailure` keeps `error` but drops `cause`; a failed execution reports
-  `cause=None`.
+- `SendTaskFailure` keeps `error` but drops `cause`: an execution failed that way
+  reports `cause=None` (failures raised by the engine itself keep theirs).
 - `StopExecution` and `/moto-api/reset` do not wake an execution parked on a task token:
   its (daemon) threads stay until the process exits.
 - Completing a closed task answers `InvalidToken` where AWS answers `TaskTimedOut`.
+- DescribeExecution returns an output that is a JSON string bare, without its quotes
+  (`"ok"` comes back as `ok`), and leaves `output` out when it is JSON `null`. Such an
+  output is kept as the raw string; a string that looks like another JSON value (`"42"`)
+  cannot be told apart and comes back parsed (`42`).
 """
 
 from __future__ import annotations
@@ -484,16 +488,25 @@ def _describe(sfn: Any, arn: str) -> ExecutionResult:
     cause: str | None = described.get("cause")
     if status in {"FAILED", "TIMED_OUT", "ABORTED"} and error is None and cause is None:
         error, cause = _terminal_error(sfn, arn)
-    raw_output = described.get("output")
     return ExecutionResult(
         arn=arn,
         status=status,
-        output=None if raw_output is None else json.loads(raw_output),
+        output=_parse_output(described.get("output")),
         error=error,
         cause=cause,
         started_at=described["startDate"],
         stopped_at=described.get("stopDate"),
     )
+
+
+def _parse_output(raw_output: str | None) -> Any:
+    if raw_output is None:
+        return None
+    try:
+        return json.loads(raw_output)
+    except ValueError:
+        # moto's bare JSON string (see the module docstring): the raw text is the value.
+        return raw_output
 
 
 def _terminal_error(sfn: Any, arn: str) -> tuple[str | None, str | None]:

@@ -181,8 +181,8 @@ class BrokerSettings(BaseSettings):
         for queue in self.queues:
             if queue.concurrency is not None and queue.concurrency > self.concurrency:
                 raise ValueError(
-                    f"{ENV_PREFIX}QUEUES: queue {queue.name!r}: concurrency {queue.concurrency} exceeds "
-                    f"the total concurrency {self.concurrency}"
+                    f"{ENV_PREFIX}QUEUES: queue {queue.name!r}: concurrency "
+                    f"{queue.concurrency} exceeds the total concurrency {self.concurrency}"
                 )
         return self
 

@@ -47,12 +47,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _run_async(_check, settings, router)
         return _run_async(run_broker, settings, router)
-    except (ConfigError, RegistrationError) as exc:
-        print(f"broker: {exc}", file=sys.stderr)
-        return 2
     except BrokerError as exc:
-        print(f"broker: {exc}", file=sys.stderr)
-        return 1
+        return _report(exc)
+    except BaseExceptionGroup as group:
+        # Errors raised inside the broker's task groups arrive grouped.
+        matched, rest = group.split(BrokerError)
+        if matched is None or rest is not None:
+            raise
+        codes = [_report(exc) for exc in _leaves(matched)]
+        return max(codes)
+
+
+def _report(exc: BaseException) -> int:
+    print(f"broker: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError | RegistrationError) else 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 def _parser() -> argparse.ArgumentParser:

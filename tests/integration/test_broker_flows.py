@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel
 
 from broker import Broker, BrokerSettings, QueueSettings, Router, Task, TaskFailed
 from broker._emulator import (

@@ -247,8 +247,10 @@ async def test_long_error_and_cause_are_truncated_before_sending() -> None:
         token = await tb.start_task({}, message_type="verbose")
         await tb.wait_idle()
     outcome = tb.sfn.outcomes[token]
-    assert outcome.error is not None and len(outcome.error) == 256
-    assert outcome.cause is not None and len(outcome.cause) == 32_768
+    assert outcome.error is not None
+    assert len(outcome.error) == 256
+    assert outcome.cause is not None
+    assert len(outcome.cause) == 32_768
     assert outcome.cause.endswith("[truncated]")
 
 

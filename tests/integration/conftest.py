@@ -1,0 +1,55 @@
+"""Fixtures for the integration tests: one embedded moto server for the whole session."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker._emulator import EmbeddedAws, SeedFlows, deploy_seed_flows
+
+_HERE = Path(__file__).parent
+
+# Variables that would send an SDK somewhere else than AWS_ENDPOINT_URL, or make it look
+# for a profile that does not exist here.
+_ENV_OVERRIDES = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_SFN",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # This hook sees every collected item in the session, not only this directory's.
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def aws() -> Iterator[EmbeddedAws]:
+    with EmbeddedAws() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def seed_flows(aws: EmbeddedAws, request: pytest.FixtureRequest) -> SeedFlows:
+    aws.reset()
+    # Unique per test, and readable in moto's state when a test fails.
+    prefix = re.sub(r"[^A-Za-z0-9-]", "-", request.node.name)[:40] + "-" + uuid.uuid4().hex[:6]
+    return deploy_seed_flows(aws, prefix=prefix)
+
+
+@pytest.fixture
+def aws_env(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in _ENV_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
+    env = aws.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

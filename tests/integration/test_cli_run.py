@@ -1,0 +1,101 @@
+"""``broker check`` and ``broker run`` as processes against the embedded moto server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from broker._emulator import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
+
+
+def broker_env(aws: EmbeddedAws, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
+    env.update(aws.env())
+    env.update(extra)
+    return env
+
+
+def test_check_reaches_queues_and_lists_routes(
+    aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
+) -> None:
+    env = broker_env(
+        aws,
+        BROKER_QUEUES=f'["{seed_flows.queues["callback"].rsplit("/", 1)[-1]}"]',
+        BROKER_HANDLERS='["handlers.seeds:router"]',
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ": ok (" in result.stdout
+    assert "verify" in result.stdout
+
+
+def test_missing_queue_is_a_clear_error_not_a_traceback(
+    aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
+) -> None:
+    env = broker_env(aws, BROKER_QUEUES='["no-such-queue"]')
+    for command in ("check", "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "broker", command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "no-such-queue" in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_run_completes_work_and_stops_cleanly_on_sigterm(
+    aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
+) -> None:
+    env = broker_env(
+        aws,
+        BROKER_QUEUES=(
+            f'[{{"name": "{seed_flows.queues["callback"]}", "default_handler": "callback",'
+            f' "wait_time_s": 2}}]'
+        ),
+        BROKER_HANDLERS='["handlers.seeds:router"]',
+        BROKER_ENTRY_POINTS="false",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        arns = start_executions(
+            aws,
+            seed_flows.state_machines["callback"],
+            [{"i": i} for i in range(10)],
+            name_prefix="cli",
+        )
+        results = wait_for_executions(aws, arns, timeout_s=60)
+        assert [r.status for r in results.values()] == ["SUCCEEDED"] * 10
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - started < 10
+    assert "SIGTERM received: draining" in stderr
+    assert "broker stopped: succeeded=10" in stderr
