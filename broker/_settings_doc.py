@@ -1,0 +1,68 @@
+"""Render the settings reference (docs/settings.md) from the settings model itself.
+
+``python -m broker._settings_doc > docs/settings.md``; a test fails when the file drifts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from ._settings import ENV_PREFIX, BrokerSettings, QueueSettings
+
+__all__ = ["render"]
+
+_AWS_NAMES = {
+    "aws_region": "`AWS_REGION` / `AWS_DEFAULT_REGION`",
+    "aws_endpoint_url": "`AWS_ENDPOINT_URL`",
+}
+
+
+def render() -> str:
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `broker/_settings.py` by `python -m broker._settings_doc`; "
+        "do not edit by hand.",
+        "",
+        "Sources, highest priority first: environment variables, a `.env` file in the "
+        "working directory, the config file given with `broker --config FILE` (TOML or JSON; "
+        "keys are the field names, optionally under a `[broker]` table), then the defaults. "
+        "Lists and objects in environment variables are JSON.",
+        "",
+        "## Broker",
+        "",
+        "| environment variable | field | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for name, info in BrokerSettings.model_fields.items():
+        env = _AWS_NAMES.get(name, f"`{ENV_PREFIX}{name.upper()}`")
+        lines.append(f"| {env} | `{name}` | {_default(info)} | {info.description or ''} |")
+    lines += [
+        "",
+        "## Per queue (objects in `BROKER_QUEUES`)",
+        "",
+        'A bare string in the list is short for `{"name": "..."}`.',
+        "",
+        "| field | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, info in QueueSettings.model_fields.items():
+        lines.append(f"| `{name}` | {_default(info)} | {info.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _default(info: FieldInfo) -> str:
+    value: Any = info.default
+    if value is PydanticUndefined:
+        return "required"
+    if isinstance(value, tuple):
+        value = list(value)
+    return f"`{json.dumps(value)}`"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from broker import ErrorName
+from broker._settings_doc import render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_reference_is_generated_from_the_model() -> None:
+    on_disk = (ROOT / "docs" / "settings.md").read_text()
+    assert on_disk == render(), "run: python -m broker._settings_doc > docs/settings.md"
+
+
+def test_every_broker_error_name_is_documented() -> None:
+    errors_doc = (ROOT / "docs" / "errors.md").read_text()
+    names = [v for k, v in vars(ErrorName).items() if k.isupper()]
+    assert names
+    for name in names:
+        assert f"`{name}`" in errors_doc
+
+
+def test_readme_gives_the_two_commands_first() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^make (\w+)", readme, flags=re.MULTILINE)
+    assert commands[:2] == ["demo", "test"]
+
+
+async def test_readme_handler_and_test_examples_run() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert len(blocks) >= 2
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(blocks[0] + "\n" + blocks[1], "README.md", "exec"), namespace)  # noqa: S102
+    await namespace["test_purchase"]()  # type: ignore[operator]
