@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,13 +9,11 @@ import time
 from pathlib import Path
 
 from broker._emulator import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
+from tests.cli import clean_env, run_cli
 
 
 def broker_env(aws: EmbeddedAws, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
-    env.update(aws.env())
-    env.update(extra)
-    return env
+    return clean_env(**aws.env(), **extra)
 
 
 def test_check_reaches_queues_and_lists_routes(
@@ -27,15 +24,7 @@ def test_check_reaches_queues_and_lists_routes(
         BROKER_QUEUES=f'["{seed_flows.queues["callback"].rsplit("/", 1)[-1]}"]',
         BROKER_HANDLERS='["handlers.seeds:router"]',
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "broker", "check"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("check", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert ": ok (" in result.stdout
     assert "verify" in result.stdout
@@ -46,15 +35,7 @@ def test_missing_queue_is_a_clear_error_not_a_traceback(
 ) -> None:
     env = broker_env(aws, BROKER_QUEUES='["no-such-queue"]')
     for command in ("check", "run"):
-        result = subprocess.run(
-            [sys.executable, "-m", "broker", command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli(command, env=env, cwd=tmp_path)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
         assert "no-such-queue" in result.stdout + result.stderr
         assert "Traceback" not in result.stderr

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
+
+from tests.cli import clean_env, run_cli
 
 PLUGIN = """
 from broker import Router, Task
@@ -20,20 +20,8 @@ async def invoice(task: Task) -> dict:
 """
 
 
-def broker(
-    *args: str, env: dict[str, str] | None = None, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
-    clean.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
+def broker(*args: str, env: dict[str, str] | None = None, cwd: Path) -> CompletedProcess[str]:
+    return run_cli(*args, env=clean_env(**(env or {})), cwd=cwd)
 
 
 def test_handlers_lists_types_and_origins(tmp_path: Path) -> None:

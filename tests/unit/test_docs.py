@@ -33,5 +33,5 @@ async def test_readme_handler_and_test_examples_run() -> None:
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
     assert len(blocks) >= 2
     namespace: dict[str, object] = {"__name__": "readme_example"}
-    exec(compile(blocks[0] + "\n" + blocks[1], "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(blocks[0] + "\n" + blocks[1], "README.md", "exec"), namespace)
     await namespace["test_purchase"]()  # type: ignore[operator]
