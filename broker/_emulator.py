@@ -17,6 +17,11 @@ Known moto 5.2 behaviour this module works with:
 - `StopExecution` and `/moto-api/reset` do not wake an execution parked on a task token:
   its (daemon) threads stay until the process exits.
 - Completing a closed task answers `InvalidToken` where AWS answers `TaskTimedOut`.
+- SendTaskSuccess / SendTaskFailure look for the token in every RUNNING execution and
+  fail with HTTP 500 (`AttributeError: 'NoneType' object has no attribute
+  'callback_pool_manager'`) when one of them was started so recently that its worker
+  thread has not built its environment yet. Completions racing with StartExecution hit it
+  now and then; a retry succeeds.
 - DescribeExecution returns an output that is a JSON string bare, without its quotes
   (`"ok"` comes back as `ok`), and leaves `output` out when it is JSON `null`. Such an
   output is kept as the raw string; a string that looks like another JSON value (`"42"`)
