@@ -36,14 +36,15 @@ from ._emulator import (
     EmulatorUnavailable,
     ExecutionResult,
     SeedFlows,
-    _describe,
-    _running_executions,
     deploy_seed_flows,
+    describe_execution,
+    running_executions,
 )
 from ._plugins import build_router
 from ._service import Broker
 from ._settings import BrokerSettings, QueueSettings
 from ._stats import Outcome
+from .cli import event_loop_options
 
 __all__ = [
     "Case",
@@ -481,7 +482,7 @@ class Progress:
 
 
 def _running_arns(sfn: Any, machine_arns: Sequence[str]) -> set[str]:
-    return {arn for machine in machine_arns for arn in _running_executions(sfn, machine)}
+    return {arn for machine in machine_arns for arn in running_executions(sfn, machine)}
 
 
 async def _watch(
@@ -538,7 +539,7 @@ def _judge_all(
     judgements = []
     # zip: executions never started (a timeout while starting) have no ARN.
     for planned, arn in zip(plan, arns, strict=False):
-        result = _describe(sfn, arn)
+        result = describe_execution(sfn, arn)
         verdict, reason = judge(expected_for(planned), result)
         judgements.append(Judgement(planned, result, verdict, reason))
     return judgements
@@ -700,14 +701,6 @@ def _report(
 # --- the command ------------------------------------------------------------------------
 
 
-def _uvloop_options() -> dict[str, Any]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
-
-
 def _demo(aws: EmbeddedAws, executions: int, timeout_s: float) -> int:
     flows = deploy_seed_flows(aws, prefix=_PREFIX)
     dlqs = _create_dead_letter_queues(aws, flows)
@@ -722,7 +715,7 @@ def _demo(aws: EmbeddedAws, executions: int, timeout_s: float) -> int:
     )
     with _hidden_emulator_errors() as errors:
         anyio.run(
-            _exercise, aws, flows, broker, launcher, timeout_s, backend_options=_uvloop_options()
+            _exercise, aws, flows, broker, launcher, timeout_s, backend_options=event_loop_options()
         )
         print(f"checking {len(launcher.arns)} executions …", file=sys.stderr)
         judgements = _judge_all(aws, plan, launcher.arns)

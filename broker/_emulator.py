@@ -56,6 +56,8 @@ __all__ = [
     "ExecutionResult",
     "SeedFlows",
     "deploy_seed_flows",
+    "describe_execution",
+    "running_executions",
     "start_executions",
     "wait_for_executions",
 ]
@@ -461,14 +463,14 @@ def wait_for_executions(
     deadline = time.monotonic() + timeout_s
     while by_machine:
         for machine_arn in list(by_machine):
-            running = set(_running_executions(sfn, machine_arn))
+            running = set(running_executions(sfn, machine_arn))
             by_machine[machine_arn] &= running
             if not by_machine[machine_arn]:
                 del by_machine[machine_arn]
         if not by_machine or time.monotonic() >= deadline:
             break
         time.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))
-    return {arn: _describe(sfn, arn) for arn in dict.fromkeys(execution_arns)}
+    return {arn: describe_execution(sfn, arn) for arn in dict.fromkeys(execution_arns)}
 
 
 def _state_machine_arn(execution_arn: str) -> str:
@@ -479,14 +481,14 @@ def _state_machine_arn(execution_arn: str) -> str:
     return ":".join([*parts[:5], "stateMachine", parts[6]])
 
 
-def _running_executions(sfn: Any, machine_arn: str) -> Iterator[str]:
+def running_executions(sfn: Any, machine_arn: str) -> Iterator[str]:
     paginator = sfn.get_paginator("list_executions")
     for page in paginator.paginate(stateMachineArn=machine_arn, statusFilter="RUNNING"):
         for execution in page["executions"]:
             yield execution["executionArn"]
 
 
-def _describe(sfn: Any, arn: str) -> ExecutionResult:
+def describe_execution(sfn: Any, arn: str) -> ExecutionResult:
     described = sfn.describe_execution(executionArn=arn)
     status: str = described["status"]
     error: str | None = described.get("error")

@@ -23,7 +23,7 @@ from ._router import Router
 from ._service import Broker, resolve_queue_url
 from ._settings import BrokerSettings, load_settings
 
-__all__ = ["main", "run_broker"]
+__all__ = ["event_loop_options", "main", "run_broker"]
 
 log = logging.getLogger("broker")
 
@@ -99,15 +99,17 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
-def _run_async(func: Any, *args: Any) -> int:
-    backend_options: dict[str, Any] = {}
+def event_loop_options() -> dict[str, Any]:
+    """anyio backend options: uvloop when it is installed (the ``fast`` extra)."""
     try:
         import uvloop  # noqa: F401
-
-        backend_options["use_uvloop"] = True
     except ImportError:
-        pass
-    result: int = anyio.run(func, *args, backend_options=backend_options)
+        return {}
+    return {"use_uvloop": True}
+
+
+def _run_async(func: Any, *args: Any) -> int:
+    result: int = anyio.run(func, *args, backend_options=event_loop_options())
     return result
 
 
