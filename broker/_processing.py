@@ -55,6 +55,15 @@ class _TimedOut:
     """Marker: the handler ran past its timeout and was cancelled."""
 
 
+class _WorkflowGaveUp:
+    """Marker: a heartbeat was answered "task closed"; the handler was cancelled."""
+
+
+#: Never extend a message's visibility past this long after its receive (SQS's limit).
+_MAX_VISIBILITY_S: Final = 43_200
+_VISIBILITY_MARGIN_S: Final = 5
+
+
 def encode_output(value: Any) -> str | _Failure:
     """Serialize a handler's return value as the task output, or say why it cannot be."""
     try:
@@ -133,8 +142,53 @@ class MessageProcessor:
             body=parsed.body,
             _send_heartbeat=lambda: self._heartbeat(parsed.token),
         )
-        result = await self._run_handler(route, task)
+        result = await self._run_supervised(queue, message, route, task)
         return await self._settle(queue, message, route, parsed, result)
+
+    async def _run_supervised(
+        self, queue: QueueRuntime, message: ReceivedMessage, route: Route, task: Task[Any]
+    ) -> Any:
+        """Run the handler while keeping its message invisible and its task alive."""
+        gave_up = False
+        result: Any = None
+        async with anyio.create_task_group() as supervisor:
+
+            async def heartbeats(interval_s: float) -> None:
+                nonlocal gave_up
+                while True:
+                    await anyio.sleep(interval_s)
+                    confirmation = await self._completer.heartbeat(task.token)
+                    if confirmation is Confirmation.TASK_CLOSED:
+                        # The workflow timed out or was stopped: the work is unwanted.
+                        gave_up = True
+                        supervisor.cancel_scope.cancel()
+                        return
+
+            supervisor.start_soon(self._keep_invisible, queue, message)
+            if route.options.heartbeat_s:
+                supervisor.start_soon(heartbeats, route.options.heartbeat_s)
+            result = await self._run_handler(route, task)
+            supervisor.cancel_scope.cancel()
+        return _WorkflowGaveUp() if gave_up else result
+
+    async def _keep_invisible(self, queue: QueueRuntime, message: ReceivedMessage) -> None:
+        """Extend the message's visibility at half-life, so a slow handler is not run twice."""
+        visibility_s = queue.settings.visibility_timeout_s or queue.visibility_timeout_s
+        if visibility_s <= 0:
+            return
+        started = anyio.current_time()
+        while True:
+            await anyio.sleep(visibility_s / 2)
+            left_s = _MAX_VISIBILITY_S - _VISIBILITY_MARGIN_S - (anyio.current_time() - started)
+            extend_s = min(visibility_s, int(left_s))
+            if extend_s <= 0:
+                log.warning(
+                    "message %s on %s reached the 12 h visibility limit; it will be redelivered",
+                    message.message_id,
+                    queue.name,
+                )
+                return
+            await self._change_visibility(queue, message, extend_s)
 
     async def _run_handler(self, route: Route, task: Task[Any]) -> Any:
         timeout_s = route.options.timeout_s or self._defaults.handler_timeout_s
@@ -158,6 +212,15 @@ class MessageProcessor:
         result: Any,
     ) -> Outcome:
         token = envelope.token
+        if isinstance(result, _WorkflowGaveUp):
+            log.info(
+                "handler %s cancelled: the workflow closed the task (message %s, %s)",
+                route.message_type,
+                message.message_id,
+                token_ref(token),
+            )
+            await queue.deleter.delete(message.receipt_handle)
+            return Outcome.TASK_CLOSED
         if isinstance(result, _Failure):
             return await self._fail(
                 queue, message, token, result.error, result.cause, Outcome.FAILED

@@ -270,3 +270,31 @@ async def _gather(*calls: Any) -> list[Any]:
         for index, call in enumerate(calls):
             tg.start_soon(one, index, call)
     return results
+
+
+async def test_slow_handler_outlives_the_visibility_timeout_without_redelivery(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    router = Router()
+    runs = 0
+
+    @router.handler("slow")
+    async def slow(task: Task[Any]) -> dict[str, int]:
+        nonlocal runs
+        runs += 1
+        await anyio.sleep(5)  # the message is received with a 2 s visibility timeout
+        return {"runs": runs}
+
+    settings = settings_for(
+        aws,
+        QueueSettings(
+            name=seed_flows.queues["callback"], default_handler="slow", visibility_timeout_s=2
+        ),
+    )
+    async with running(settings, router) as broker:
+        [result] = await run_executions(aws, seed_flows.state_machines["callback"], [{}])
+    assert result.status == "SUCCEEDED"
+    assert result.output == {"runs": 1}
+    assert runs == 1
+    assert broker.stats.received[seed_flows.queues["callback"]] == 1
+    await assert_queues_drained(aws, seed_flows.queues["callback"])
