@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -89,12 +90,15 @@ class Completer:
 
     async def succeed(self, token: str, output: str) -> Confirmation:
         """SendTaskSuccess.  ``output`` must already be checked JSON within the size limit."""
-        return await self._call("SendTaskSuccess", token, taskToken=token, output=output)
+        return await self._call(
+            "SendTaskSuccess", self._sfn.send_task_success, token, taskToken=token, output=output
+        )
 
     async def fail(self, token: str, error: str, cause: str) -> Confirmation:
         """SendTaskFailure, with ``error`` and ``cause`` cut to what the API accepts."""
         return await self._call(
             "SendTaskFailure",
+            self._sfn.send_task_failure,
             token,
             taskToken=token,
             error=truncate(error, MAX_ERROR_CHARS),
@@ -102,15 +106,17 @@ class Completer:
         )
 
     async def heartbeat(self, token: str) -> Confirmation:
-        return await self._call("SendTaskHeartbeat", token, taskToken=token)
+        return await self._call(
+            "SendTaskHeartbeat", self._sfn.send_task_heartbeat, token, taskToken=token
+        )
 
-    async def _call(self, api: str, token: str, **params: Any) -> Confirmation:
-        method = {
-            "SendTaskSuccess": self._sfn.send_task_success,
-            "SendTaskFailure": self._sfn.send_task_failure,
-            "SendTaskHeartbeat": self._sfn.send_task_heartbeat,
-        }[api]
-        failure: Exception | None = None
+    async def _call(
+        self,
+        api: str,
+        method: Callable[..., Awaitable[Mapping[str, Any]]],
+        token: str,
+        **params: Any,
+    ) -> Confirmation:        failure: Exception | None = None
         for attempt in range(self._max_attempts):
             async with self._limiter:
                 if self._bucket is not None:
