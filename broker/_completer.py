@@ -116,7 +116,8 @@ class Completer:
         method: Callable[..., Awaitable[Mapping[str, Any]]],
         token: str,
         **params: Any,
-    ) -> Confirmation:        failure: Exception | None = None
+    ) -> Confirmation:
+        failure: Exception | None = None
         for attempt in range(self._max_attempts):
             async with self._limiter:
                 if self._bucket is not None:
