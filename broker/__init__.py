@@ -20,6 +20,8 @@ from ._errors import (
     NonRetryable,
     QueueNotFound,
     RegistrationError,
+    RetryLater,
+    TaskClosed,
     TaskFailed,
 )
 from ._plugins import ENTRY_POINT_GROUP, build_router
@@ -42,9 +44,11 @@ __all__ = [
     "QueueNotFound",
     "QueueSettings",
     "RegistrationError",
+    "RetryLater",
     "Route",
     "Router",
     "Task",
+    "TaskClosed",
     "TaskFailed",
     "build_router",
     "load_settings",

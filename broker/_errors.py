@@ -6,8 +6,11 @@ Exception hierarchy (everything the broker raises derives from ``BrokerError``):
     ├── ConfigError          bad settings; the message names the setting (start-up)
     ├── RegistrationError    duplicate message type, non-async handler, bad plugin (start-up)
     ├── QueueNotFound        a configured queue does not exist or cannot be reached (start-up)
-    └── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
-        └── NonRetryable     marker base: subclass it for errors that must not be retried
+    ├── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
+    ├── RetryLater           raised by a handler: try this message again after delay_s
+    └── TaskClosed           raised by task.heartbeat(): the workflow closed the task
+
+    NonRetryable             mixin: an exception class that fails the task at once
 
 Error names (the ``error`` of SendTaskFailure) are API: state machines match them in
 ``Retry`` / ``Catch``.  Every name the broker makes itself starts with ``Broker.``.
@@ -25,6 +28,8 @@ __all__ = [
     "NonRetryable",
     "QueueNotFound",
     "RegistrationError",
+    "RetryLater",
+    "TaskClosed",
     "TaskFailed",
 ]
 
@@ -39,6 +44,7 @@ class ErrorName:
     INVALID_OUTPUT: Final = "Broker.InvalidOutput"
     OUTPUT_TOO_LARGE: Final = "Broker.OutputTooLarge"
     HANDLER_TIMEOUT: Final = "Broker.HandlerTimeout"
+    RETRIES_EXHAUSTED: Final = "Broker.RetriesExhausted"
 
 
 class BrokerError(Exception):
@@ -71,6 +77,29 @@ class TaskFailed(BrokerError):
 
     def __str__(self) -> str:
         return f"{self.error}: {self.cause}" if self.cause else self.error
+
+
+class RetryLater(BrokerError):
+    """Raise from a handler to retry the message after ``delay_s`` seconds.
+
+    It counts as an attempt like any transient error; when ``max_attempts`` is reached
+    the task fails with ``error`` (default ``Broker.RetriesExhausted``).
+    """
+
+    def __init__(self, delay_s: float, reason: str = "") -> None:
+        if not 0 <= delay_s <= 43_200:
+            raise ValueError("delay_s must be within 0..43200 (SQS's visibility limit)")
+        super().__init__(reason or f"retry requested in {delay_s}s")
+        self.delay_s = delay_s
+        self.reason = reason
+
+
+class TaskClosed(BrokerError):
+    """Step Functions answered a heartbeat with "task closed": the workflow gave up.
+
+    Raised by ``await task.heartbeat()``.  Let it propagate (after any clean-up): the
+    broker then drops the message without completing the task.
+    """
 
 
 class NonRetryable(Exception):

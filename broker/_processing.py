@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ._aws import SqsApi, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
-from ._errors import ErrorName, NonRetryable, TaskFailed
+from ._errors import ErrorName, NonRetryable, RetryLater, TaskClosed, TaskFailed
 from ._message import QueueRuntime, ReceivedMessage
 from ._redact import token_ref
 from ._router import Route, Router
@@ -197,6 +197,8 @@ class MessageProcessor:
                 return await route.handler(task)
             except TaskFailed as exc:
                 return _Failure(exc.error, exc.cause)
+            except TaskClosed:
+                return _WorkflowGaveUp()
             except Exception as exc:  # noqa: BLE001 - every handler error has an outcome
                 return exc
         if scope.cancelled_caught:
@@ -259,8 +261,14 @@ class MessageProcessor:
             error, cause = type(result).__name__, str(result) or repr(result)
         max_attempts = route.options.max_attempts or self._defaults.max_attempts
         final = isinstance(result, NonRetryable) or message.receive_count >= max_attempts
+        if isinstance(result, RetryLater):
+            error, cause = ErrorName.RETRIES_EXHAUSTED, result.reason or "retries requested"
         if not final:
-            delay_s = self._retry_delay_s(message.receive_count)
+            delay_s = (
+                round(result.delay_s)
+                if isinstance(result, RetryLater)
+                else self._retry_delay_s(message.receive_count)
+            )
             log.warning(
                 "handler %s raised %s on attempt %d/%d (message %s, %s); retry in %ds",
                 route.message_type,
@@ -427,7 +435,7 @@ class MessageProcessor:
     async def _heartbeat(self, token: str) -> None:
         confirmation = await self._completer.heartbeat(token)
         if confirmation is Confirmation.TASK_CLOSED:
-            log.info("heartbeat: task %s is closed; the workflow gave up", token_ref(token))
+            raise TaskClosed(f"task {token_ref(token)} is closed; the workflow gave up")
 
 
 def _copyable(value: Mapping[str, Any]) -> dict[str, Any]:

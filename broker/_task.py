@@ -48,5 +48,9 @@ class Task(Generic[PayloadT]):
         return token_ref(self.token)
 
     async def heartbeat(self) -> None:
-        """Tell Step Functions the task is still being worked on (SendTaskHeartbeat)."""
+        """Tell Step Functions the task is still being worked on (SendTaskHeartbeat).
+
+        Raises ``broker.TaskClosed`` when the workflow has closed the task (timed out,
+        stopped): stop working and let it propagate.
+        """
         await self._send_heartbeat()

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from broker import NonRetryable, Outcome, QueueSettings, Router, Task, TaskFailed
+from broker import NonRetryable, Outcome, QueueSettings, RetryLater, Router, Task, TaskFailed
 from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error
 
 from .conftest import make_settings
@@ -372,3 +372,40 @@ async def test_broker_keeps_running_after_every_kind_of_bad_input() -> None:
         await tb.wait_idle()
     assert tb.sfn.outcomes[token].output == "fine"
     assert tb.sqs.count("dlq") == 6
+
+
+async def test_retry_later_uses_the_requested_delay() -> None:
+    async def later(task: Task[Any]) -> None:
+        raise RetryLater(120, "partner API asks us to come back later")
+
+    async with TestBroker(router_with(later=later)) as tb:
+        await tb.start_task({}, message_type="later")
+        with anyio.fail_after(5):
+            while not tb.broker.stats.total(Outcome.RETRY):
+                await anyio.sleep(0.01)
+        [stored] = tb.sqs.messages("tasks")
+        hidden_for = stored.visible_at - anyio.current_time()
+    assert 119 <= hidden_for <= 120
+
+
+async def test_retry_later_on_the_last_attempt_fails_with_retries_exhausted() -> None:
+    router = Router()
+
+    @router.handler("later", max_attempts=2)
+    async def later(task: Task[Any]) -> None:
+        raise RetryLater(0, "still waiting for the partner")
+
+    async with TestBroker(router, make_settings()) as tb:
+        token = await tb.start_task({}, message_type="later")
+        await tb.wait_idle()
+    outcome = tb.sfn.outcomes[token]
+    assert (outcome.error, outcome.cause) == (
+        "Broker.RetriesExhausted",
+        "still waiting for the partner",
+    )
+    assert outcomes(tb) == {Outcome.RETRY: 1, Outcome.EXHAUSTED: 1}
+
+
+def test_retry_later_refuses_a_delay_sqs_cannot_express() -> None:
+    with pytest.raises(ValueError, match=r"0\.\.43200"):
+        RetryLater(50_000)

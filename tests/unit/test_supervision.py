@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 
-from broker import Outcome, QueueSettings, Router, Task
+from broker import Outcome, QueueSettings, Router, Task, TaskClosed
 from broker.testing import FakeSfn, FakeSqs, TestBroker
 
 from .conftest import make_settings
@@ -84,3 +84,27 @@ async def test_heartbeat_answered_task_closed_cancels_the_handler_and_drops_the_
     assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
     assert tb.sqs.count("tasks") == 0
     assert sfn.calls["send_task_success"] == 0
+
+
+async def test_task_heartbeat_raises_task_closed_and_the_message_is_dropped() -> None:
+    sfn = FakeSfn()
+    router = Router()
+    raised: list[str] = []
+
+    @router.handler("beat-myself")
+    async def beat_myself(task: Task[Any]) -> str:
+        sfn.close(task.token)
+        try:
+            await task.heartbeat()
+        except TaskClosed as exc:
+            raised.append(str(exc))
+            raise
+        return "unreachable"
+
+    async with TestBroker(router, make_settings(), sfn=sfn) as tb:
+        token = await tb.start_task({}, message_type="beat-myself")
+        await tb.wait_idle()
+    assert len(raised) == 1
+    assert token not in raised[0]
+    assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
+    assert tb.sqs.count("tasks") == 0
