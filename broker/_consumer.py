@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 from ._aws import SqsApi, classify, error_code
 from ._message import QueueRuntime, ReceivedMessage
 from ._processing import MessageProcessor
-from ._stats import Stats
+from ._stats import Outcome, Stats
 
 __all__ = ["QueueConsumer"]
 
@@ -26,6 +26,8 @@ log = logging.getLogger("broker.consumer")
 
 MAX_RECEIVE: Final = 10
 _ERROR_BACKOFF_MAX_S: Final = 30.0
+#: Outcomes after which the message returns to the queue (FIFO order must wait for it).
+_UNSETTLED: Final = frozenset({Outcome.RETRY, Outcome.UNCONFIRMED, None})
 
 
 class _Slot:
@@ -84,10 +86,17 @@ class QueueConsumer:
                 raise
             failures = 0
             self._stats.received[self.queue.name] += len(messages)
-            for message, slot in zip(messages, slots, strict=False):
-                self._processing += 1
-                work.start_soon(self._handle, message, slot)
+            held = list(zip(messages, slots, strict=False))
+            self._processing += len(held)
             self._release(slots[len(messages) :])
+            if self.queue.fifo:
+                # SQS hands out a group's messages in order and holds back the rest of
+                # the group while any is in flight; keeping that order is ours to do.
+                for group in _by_group(held):
+                    work.start_soon(self._handle_in_order, group)
+            else:
+                for message, slot in held:
+                    work.start_soon(self._handle, message, slot)
 
     async def _reserve(self) -> list[_Slot]:
         first = _Slot()
@@ -132,9 +141,45 @@ class QueueConsumer:
         response = await self._sqs.receive_message(**params)
         return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
 
-    async def _handle(self, message: ReceivedMessage, slot: _Slot) -> None:
+    async def _handle_in_order(self, group: list[tuple[ReceivedMessage, _Slot]]) -> None:
+        for index, (message, slot) in enumerate(group):
+            rest = group[index + 1 :]
+            try:
+                outcome = await self._handle(message, slot)
+            except BaseException:
+                self._give_back(rest)
+                raise
+            if outcome in _UNSETTLED and rest:
+                # The message will come back: the ones after it must not overtake it.
+                await self._return_to_queue(rest)
+                return
+
+    async def _return_to_queue(self, rest: list[tuple[ReceivedMessage, _Slot]]) -> None:
         try:
-            await self._processor.process(self.queue, message)
+            for message, _ in rest:
+                try:
+                    await self._sqs.change_message_visibility(
+                        QueueUrl=self.queue.url,
+                        ReceiptHandle=message.receipt_handle,
+                        VisibilityTimeout=0,
+                    )
+                except Exception as exc:  # noqa: BLE001 - it returns when its visibility lapses
+                    log.warning(
+                        "could not return message %s to %s (%s)",
+                        message.message_id,
+                        self.queue.name,
+                        error_code(exc) or type(exc).__name__,
+                    )
+        finally:
+            self._give_back(rest)
+
+    def _give_back(self, unstarted: list[tuple[ReceivedMessage, _Slot]]) -> None:
+        self._processing -= len(unstarted)
+        self._release([slot for _, slot in unstarted])
+
+    async def _handle(self, message: ReceivedMessage, slot: _Slot) -> Outcome | None:
+        try:
+            return await self._processor.process(self.queue, message)
         except Exception:
             # A bug in the broker itself: log it, keep the message (it comes back),
             # keep the broker running.
@@ -143,6 +188,17 @@ class QueueConsumer:
                 message.message_id,
                 self.queue.name,
             )
+            return None
         finally:
             self._processing -= 1
             self._release([slot])
+
+
+def _by_group(
+    held: list[tuple[ReceivedMessage, _Slot]],
+) -> list[list[tuple[ReceivedMessage, _Slot]]]:
+    """Split a FIFO receive into its message groups, each in receive order."""
+    groups: dict[str | None, list[tuple[ReceivedMessage, _Slot]]] = {}
+    for message, slot in held:
+        groups.setdefault(message.group_id, []).append((message, slot))
+    return list(groups.values())

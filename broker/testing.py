@@ -124,7 +124,10 @@ class FakeSqs(_Faults):
 
     # -- set-up helpers (synchronous, not part of the SQS API)
     def create_queue(self, name: str, *, visibility_timeout_s: int = 30, **attributes: str) -> str:
+        """Create a queue; a name ending in ``.fifo`` makes a FIFO queue."""
         url = f"{self._base}/{name}"
+        if name.endswith(".fifo"):
+            attributes.setdefault("FifoQueue", "true")
         self.queues[url] = _Queue(name, url, visibility_timeout_s, attributes=dict(attributes))
         return url
 
@@ -231,7 +234,7 @@ class FakeSqs(_Faults):
             deadline = anyio.current_time() + WaitTimeSeconds
             while True:
                 now = anyio.current_time()
-                ready = [m for m in queue.messages.values() if m.visible_at <= now]
+                ready = self._deliverable(queue, now)
                 if ready or now >= deadline:
                     break
                 await anyio.sleep(min(0.005, deadline - now))
@@ -306,6 +309,21 @@ class FakeSqs(_Faults):
             raise client_error(
                 "AWS.SimpleQueueService.NonExistentQueue", "The specified queue does not exist."
             ) from None
+
+    @staticmethod
+    def _deliverable(queue: _Queue, now: float) -> list[_Stored]:
+        if queue.attributes.get("FifoQueue") != "true":
+            return [m for m in queue.messages.values() if m.visible_at <= now]
+        # FIFO: in send order, and nothing of a group while one of its messages is in flight.
+        ready, blocked = [], set()
+        for stored in queue.messages.values():
+            if stored.group_id in blocked:
+                continue
+            if stored.visible_at > now:
+                blocked.add(stored.group_id)
+            else:
+                ready.append(stored)
+        return ready
 
     @staticmethod
     def _by_handle(queue: _Queue, handle: str) -> _Stored | None:
