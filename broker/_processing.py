@@ -55,6 +55,29 @@ class _TimedOut:
     """Marker: the handler ran past its timeout and was cancelled."""
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """The first message of a token being processed; duplicates wait on ``done``."""
+
+    done: anyio.Event
+    settled: bool = False
+
+
+#: Outcomes after which the task needs nothing more from any copy of the message.
+_SETTLED: Final = frozenset(
+    {
+        Outcome.SUCCEEDED,
+        Outcome.FAILED,
+        Outcome.INVALID_INPUT,
+        Outcome.INVALID_OUTPUT,
+        Outcome.UNKNOWN_TYPE,
+        Outcome.EXHAUSTED,
+        Outcome.TASK_CLOSED,
+        Outcome.DUPLICATE,
+    }
+)
+
+
 class _WorkflowGaveUp:
     """Marker: a heartbeat was answered "task closed"; the handler was cancelled."""
 
@@ -101,6 +124,7 @@ class MessageProcessor:
         self._sqs = sqs
         self._stats = stats
         self._defaults = defaults
+        self._in_flight: dict[str, _InFlight] = {}
 
     async def process(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
         outcome = await self._decide(queue, message)
@@ -112,6 +136,33 @@ class MessageProcessor:
         if isinstance(parsed, Poison):
             return await self._poison(queue, message, parsed)
 
+        first = self._in_flight.get(parsed.token)
+        if first is not None:
+            return await self._duplicate(queue, message, parsed.token, first)
+        entry = self._in_flight[parsed.token] = _InFlight(anyio.Event())
+        try:
+            outcome = await self._decide_for_token(queue, message, parsed)
+            entry.settled = outcome in _SETTLED
+            return outcome
+        finally:
+            del self._in_flight[parsed.token]
+            entry.done.set()
+
+    async def _duplicate(
+        self, queue: QueueRuntime, message: ReceivedMessage, token: str, first: _InFlight
+    ) -> Outcome:
+        """A second copy of a task in flight: never run the handler twice at once."""
+        await first.done.wait()
+        if first.settled:
+            await queue.deleter.delete(message.receipt_handle)
+            return Outcome.DUPLICATE
+        # The first copy will come back; this one too, in case the first is lost.
+        await self._change_visibility(queue, message, self._retry_delay_s(message.receive_count))
+        return Outcome.RETRY
+
+    async def _decide_for_token(
+        self, queue: QueueRuntime, message: ReceivedMessage, parsed: Envelope
+    ) -> Outcome:
         route = self._router.get(parsed.message_type) if parsed.message_type else None
         if route is None:
             return await self._unknown_type(queue, message, parsed)

@@ -20,6 +20,7 @@ class Outcome(StrEnum):
     RETRY = "retry"  # transient handler error: made visible again later
     EXHAUSTED = "exhausted"  # attempts used up; task failed
     TASK_CLOSED = "task_closed"  # Step Functions says the task is already closed
+    DUPLICATE = "duplicate"  # same token as a message in flight; settled by that one
     UNCONFIRMED = "unconfirmed"  # Step Functions did not confirm: message kept
 
 

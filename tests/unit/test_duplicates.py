@@ -1,0 +1,64 @@
+"""The same task token twice while the first copy is in flight: the handler runs once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import orjson
+
+from broker import Outcome, Router, Task
+from broker.testing import TestBroker
+
+from .conftest import make_settings
+
+
+def put_twice(tb: TestBroker, token: str) -> None:
+    body = orjson.dumps({"TaskToken": token, "input": {}})
+    tb.sqs.put("tasks", body, {"type": "slow"})
+    tb.sqs.put("tasks", body, {"type": "slow"})
+
+
+async def test_a_duplicate_waits_for_the_first_and_is_dropped_when_it_settled() -> None:
+    runs = 0
+    router = Router()
+
+    @router.handler("slow")
+    async def slow(task: Task[Any]) -> str:
+        nonlocal runs
+        runs += 1
+        await anyio.sleep(0.2)
+        return "once"
+
+    async with TestBroker(router, make_settings(concurrency=4)) as tb:
+        token = tb.sfn.new_token()
+        put_twice(tb, token)
+        await tb.wait_idle()
+    assert runs == 1
+    assert tb.sfn.outcomes[token].output == "once"
+    assert tb.sfn.calls["send_task_success"] == 1  # no second completion was even tried
+    assert tb.broker.stats.total(Outcome.DUPLICATE) == 1
+    assert tb.sqs.count("tasks") == 0
+
+
+async def test_a_duplicate_of_an_unsettled_task_comes_back_too() -> None:
+    calls = 0
+    router = Router()
+
+    @router.handler("slow")
+    async def slow(task: Task[Any]) -> str:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.1)
+        if calls == 1:
+            raise ConnectionError("transient")
+        return "second time lucky"
+
+    async with TestBroker(router, make_settings(concurrency=4)) as tb:
+        token = tb.sfn.new_token()
+        put_twice(tb, token)
+        await tb.wait_idle()
+    assert calls == 2  # one failure, one success: never two at once
+    assert tb.sfn.outcomes[token].output == "second time lucky"
+    assert tb.sqs.count("tasks") == 0
+    assert tb.broker.stats.total(Outcome.DUPLICATE) == 1
