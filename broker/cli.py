@@ -1,4 +1,4 @@
-"""The ``broker`` command: run, check, handlers, demo.
+"""The ``broker`` command: run, check, handlers, redrive, demo.
 
 Exit codes: 0 done (a signal-initiated stop included), 1 a runtime failure (for
 example a queue that cannot be reached), 2 bad settings or handlers.
@@ -19,6 +19,7 @@ import anyio
 from ._aws import open_clients
 from ._errors import BrokerError, ConfigError, QueueNotFound, RegistrationError
 from ._plugins import ENTRY_POINT_GROUP, build_router
+from ._redrive import redrive
 from ._router import Router
 from ._service import Broker, resolve_queue_url
 from ._settings import BrokerSettings, load_settings
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         _configure_logging(settings.log_level)
+        if args.command == "redrive":
+            return _run_async(_redrive, settings, args.dead_letter_queue, args.to, args.max)
         router = build_router(settings)
         if args.command == "handlers":
             return _print_handlers(router)
@@ -82,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="consume the queues until SIGINT/SIGTERM")
     commands.add_parser("check", help="validate settings, reach the queues, list the routes")
     commands.add_parser("handlers", help="list registered message types and their origin")
+    redrive = commands.add_parser(
+        "redrive", help="move dead-lettered messages back to the queue they came from"
+    )
+    redrive.add_argument("dead_letter_queue", help="the DLQ, by name or URL")
+    redrive.add_argument("--to", help="send everything here instead of each message's source")
+    redrive.add_argument("--max", type=int, default=None, help="move at most this many")
     demo = commands.add_parser(
         "demo", help="run the seed workflows end to end on an embedded emulator (no AWS)"
     )
@@ -160,6 +169,15 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
             )
     _print_handlers(router)
     return 1 if failures else 0
+
+
+async def _redrive(
+    settings: BrokerSettings, dead_letter_queue: str, to: str | None, max_messages: int | None
+) -> int:
+    async with open_clients(settings) as clients:
+        report = await redrive(clients.sqs, dead_letter_queue, to=to, max_messages=max_messages)
+    print("\n".join(report.lines()))
+    return 1 if report.failed else 0
 
 
 def _print_handlers(router: Router) -> int:

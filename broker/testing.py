@@ -217,6 +217,25 @@ class FakeSqs(_Faults):
             )
             return {"MessageId": message_id}
 
+    async def send_message_batch(
+        self,
+        *,
+        QueueUrl: str,
+        Entries: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        if not 1 <= len(Entries) <= 10:
+            raise client_error("TooManyEntriesInBatchRequest", "1..10 entries")
+        successful = []
+        for entry in Entries:
+            sent = await self.send_message(
+                QueueUrl=QueueUrl,
+                MessageBody=entry["MessageBody"],
+                MessageAttributes=entry.get("MessageAttributes"),
+                MessageGroupId=entry.get("MessageGroupId"),
+            )
+            successful.append({"Id": entry["Id"], "MessageId": sent["MessageId"]})
+        return {"Successful": successful, "Failed": []}
+
     async def receive_message(
         self,
         *,

@@ -80,3 +80,35 @@ def test_run_completes_work_and_stops_cleanly_on_sigterm(
     assert time.monotonic() - started < 10
     assert "SIGTERM received: draining" in stderr
     assert "broker stopped: succeeded=10" in stderr
+
+
+def test_redrive_command_moves_messages_back(aws: EmbeddedAws, tmp_path: Path) -> None:
+    sqs = aws.client("sqs")
+    source = sqs.create_queue(QueueName="redrive-source")["QueueUrl"]
+    dlq = sqs.create_queue(QueueName="redrive-source-dlq")["QueueUrl"]
+    for n in range(12):
+        sqs.send_message(
+            QueueUrl=dlq,
+            MessageBody=f'{{"n": {n}}}',
+            MessageAttributes={
+                "broker.source_queue": {"DataType": "String", "StringValue": "redrive-source"},
+                "broker.reason": {"DataType": "String", "StringValue": "InvalidJson"},
+                "trace": {"DataType": "String", "StringValue": f"t{n}"},
+            },
+        )
+    result = run_cli("redrive", "redrive-source-dlq", env=broker_env(aws), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "moved 12 message(s) to redrive-source" in result.stdout
+    received = []
+    while batch := sqs.receive_message(
+        QueueUrl=source, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages"):
+        received.extend(batch)
+    assert sorted(m["Body"] for m in received) == sorted(f'{{"n": {n}}}' for n in range(12))
+    assert all(set(m["MessageAttributes"]) == {"trace"} for m in received)
+    left = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["All"])["Attributes"]
+    assert (
+        int(left["ApproximateNumberOfMessages"])
+        + int(left["ApproximateNumberOfMessagesNotVisible"])
+        == 0
+    )
