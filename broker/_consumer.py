@@ -26,6 +26,7 @@ log = logging.getLogger("broker.consumer")
 
 MAX_RECEIVE: Final = 10
 _ERROR_BACKOFF_MAX_S: Final = 30.0
+_RELEASE_TIMEOUT_S: Final = 2.0
 #: Outcomes after which the message returns to the queue (FIFO order must wait for it).
 _UNSETTLED: Final = frozenset({Outcome.RETRY, Outcome.UNCONFIRMED, None})
 
@@ -154,7 +155,9 @@ class QueueConsumer:
                 await self._return_to_queue(rest)
                 return
 
-    async def _return_to_queue(self, rest: list[tuple[ReceivedMessage, _Slot]]) -> None:
+    async def _return_to_queue(
+        self, rest: list[tuple[ReceivedMessage, _Slot]], *, release_slots: bool = True
+    ) -> None:
         try:
             for message, _ in rest:
                 try:
@@ -171,7 +174,8 @@ class QueueConsumer:
                         error_code(exc) or type(exc).__name__,
                     )
         finally:
-            self._give_back(rest)
+            if release_slots:
+                self._give_back(rest)
 
     def _give_back(self, unstarted: list[tuple[ReceivedMessage, _Slot]]) -> None:
         self._processing -= len(unstarted)
@@ -180,6 +184,12 @@ class QueueConsumer:
     async def _handle(self, message: ReceivedMessage, slot: _Slot) -> Outcome | None:
         try:
             return await self._processor.process(self.queue, message)
+        except anyio.get_cancelled_exc_class():
+            # Cut off by the drain's grace period: hand the message back now rather
+            # than after its visibility timeout.  Shielded, bounded, then re-raised.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
+                await self._return_to_queue([(message, slot)], release_slots=False)
+            raise
         except Exception:
             # A bug in the broker itself: log it, keep the message (it comes back),
             # keep the broker running.
