@@ -298,3 +298,56 @@ async def test_slow_handler_outlives_the_visibility_timeout_without_redelivery(
     assert runs == 1
     assert broker.stats.received[seed_flows.queues["callback"]] == 1
     await assert_queues_drained(aws, seed_flows.queues["callback"])
+
+
+def _dlq_copies(aws: EmbeddedAws, url: str) -> list[dict[str, Any]]:
+    sqs = aws.client("sqs")
+    copies: list[dict[str, Any]] = []
+    while batch := sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages"):
+        copies.extend(batch)
+    return copies
+
+
+async def test_unknown_type_and_exhausted_attempts_are_dead_lettered_and_failed_fast(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    dlq = aws.client("sqs").create_queue(
+        QueueName=seed_flows.queues["callback"].rsplit("/", 1)[-1] + "-dlq"
+    )
+    dlq_url = dlq["QueueUrl"]
+    router = Router()
+
+    @router.handler("broken", max_attempts=2)
+    async def broken(task: Task[Any]) -> None:
+        raise RuntimeError("the downstream service is gone")
+
+    settings = settings_for(
+        aws,
+        QueueSettings(
+            name=seed_flows.queues["callback"],
+            type_field="input.kind",
+            dead_letter_queue=dlq_url,
+        ),
+        retry_base_delay_s=0,
+    )
+    async with running(settings, router):
+        results = await run_executions(
+            aws, seed_flows.state_machines["callback"], [{"kind": "nobody"}, {"kind": "broken"}]
+        )
+    assert [(r.status, r.error) for r in results] == [
+        ("FAILED", "Broker.UnknownMessageType"),
+        ("FAILED", "RuntimeError"),
+    ]
+    copies = await anyio.to_thread.run_sync(lambda: _dlq_copies(aws, dlq_url))
+    reasons = {
+        c["MessageAttributes"]["broker.reason"]["StringValue"]: c["MessageAttributes"]
+        for c in copies
+    }
+    assert set(reasons) == {"UnknownMessageType", "AttemptsExhausted"}
+    exhausted = reasons["AttemptsExhausted"]
+    assert exhausted["broker.receive_count"]["StringValue"] == "2"
+    assert exhausted["broker.source_queue"]["StringValue"] == seed_flows.queues["callback"]
+    assert "the downstream service is gone" in exhausted["broker.detail"]["StringValue"]
+    await assert_queues_drained(aws, seed_flows.queues["callback"])
