@@ -27,8 +27,6 @@ log = logging.getLogger("broker.consumer")
 MAX_RECEIVE: Final = 10
 _ERROR_BACKOFF_MAX_S: Final = 30.0
 _RELEASE_TIMEOUT_S: Final = 2.0
-#: Outcomes after which the message returns to the queue (FIFO order must wait for it).
-_UNSETTLED: Final = frozenset({Outcome.RETRY, Outcome.UNCONFIRMED, None})
 
 
 class _Slot:
@@ -150,7 +148,7 @@ class QueueConsumer:
             except BaseException:
                 self._give_back(rest)
                 raise
-            if outcome in _UNSETTLED and rest:
+            if (outcome is None or not outcome.settled) and rest:
                 # The message will come back: the ones after it must not overtake it.
                 await self._return_to_queue(rest)
                 return

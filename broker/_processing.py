@@ -63,21 +63,6 @@ class _InFlight:
     settled: bool = False
 
 
-#: Outcomes after which the task needs nothing more from any copy of the message.
-_SETTLED: Final = frozenset(
-    {
-        Outcome.SUCCEEDED,
-        Outcome.FAILED,
-        Outcome.INVALID_INPUT,
-        Outcome.INVALID_OUTPUT,
-        Outcome.UNKNOWN_TYPE,
-        Outcome.EXHAUSTED,
-        Outcome.TASK_CLOSED,
-        Outcome.DUPLICATE,
-    }
-)
-
-
 class _WorkflowGaveUp:
     """Marker: a heartbeat was answered "task closed"; the handler was cancelled."""
 
@@ -142,7 +127,7 @@ class MessageProcessor:
         entry = self._in_flight[parsed.token] = _InFlight(anyio.Event())
         try:
             outcome = await self._decide_for_token(queue, message, parsed)
-            entry.settled = outcome in _SETTLED
+            entry.settled = outcome.settled
             return outcome
         finally:
             del self._in_flight[parsed.token]
