@@ -4,13 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ._deleter import DeleteBatcher
 from ._envelope import EnvelopeSpec
 from ._settings import QueueSettings
 
-__all__ = ["QueueRuntime", "ReceivedMessage"]
+__all__ = ["MAX_MESSAGE_BYTES", "QueueRuntime", "ReceivedMessage", "message_size"]
+
+#: SQS's limit on one message: body plus every attribute's name, type and value.
+MAX_MESSAGE_BYTES: Final = 1_048_576
+
+
+def message_size(body: str, attributes: Mapping[str, Any]) -> int:
+    """Bytes SQS counts against ``MAX_MESSAGE_BYTES`` for this body and attributes."""
+    size = len(body.encode("utf-8"))
+    for name, value in attributes.items():
+        size += len(name.encode("utf-8")) + len(str(value.get("DataType", "")).encode("utf-8"))
+        if "StringValue" in value:
+            size += len(str(value["StringValue"]).encode("utf-8"))
+        if "BinaryValue" in value:
+            size += len(value["BinaryValue"])
+    return size
 
 
 @dataclass(frozen=True, slots=True)

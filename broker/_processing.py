@@ -21,7 +21,7 @@ from ._aws import SqsApi, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
 from ._errors import ErrorName, NonRetryable, RetryLater, TaskClosed, TaskFailed
-from ._message import QueueRuntime, ReceivedMessage
+from ._message import MAX_MESSAGE_BYTES, QueueRuntime, ReceivedMessage, message_size
 from ._redact import token_ref
 from ._router import Route, Router
 from ._stats import Outcome, Stats
@@ -40,7 +40,7 @@ class ProcessingDefaults:
     """The broker-wide defaults a route's ``HandlerOptions`` can override."""
 
     max_attempts: int = 5
-    handler_timeout_s: float | None = None
+    handler_timeout_s: float | None = 900.0
     retry_base_delay_s: float = 2.0
     retry_max_delay_s: float = 300.0
 
@@ -433,9 +433,24 @@ class MessageProcessor:
             if len(attributes) >= _DLQ_ATTRIBUTE_LIMIT:
                 break
             attributes.setdefault(name, _copyable(value))
+        body = message.body or "(empty body)"
+        attributes = _fit_in_one_message(body, attributes)
+        if message_size(body, attributes) > MAX_MESSAGE_BYTES:
+            # The body alone nearly fills SQS's limit, so the copy cannot say why.  Never
+            # truncate a body: hide the message instead and let the queue's redrive
+            # policy move it as it is.
+            log.error(
+                "message %s (%s on %s) is too large to copy to the dead-letter queue with "
+                "its reason; left to the queue's redrive policy",
+                message.message_id,
+                reason,
+                queue.name,
+            )
+            await self._change_visibility(queue, message, int(self._defaults.retry_max_delay_s))
+            return False
         params: dict[str, Any] = {
             "QueueUrl": queue.dead_letter_url,
-            "MessageBody": message.body or "(empty body)",
+            "MessageBody": body,
             "MessageAttributes": attributes,
         }
         if queue.dead_letter_url.endswith(".fifo"):
@@ -472,6 +487,19 @@ class MessageProcessor:
         confirmation = await self._completer.heartbeat(token)
         if confirmation is Confirmation.TASK_CLOSED:
             raise TaskClosed(f"task {token_ref(token)} is closed; the workflow gave up")
+
+
+def _fit_in_one_message(body: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    """Drop what can go so that the copy fits: the original attributes, then the detail.
+
+    The reason, source queue and receive count are always kept.
+    """
+    if message_size(body, attributes) <= MAX_MESSAGE_BYTES:
+        return attributes
+    kept = {name: value for name, value in attributes.items() if name.startswith("broker.")}
+    if message_size(body, kept) > MAX_MESSAGE_BYTES:
+        kept["broker.detail"] = {"DataType": "String", "StringValue": "-"}
+    return kept
 
 
 def _copyable(value: Mapping[str, Any]) -> dict[str, Any]:

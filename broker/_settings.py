@@ -122,7 +122,10 @@ class BrokerSettings(BaseSettings):
     )
     max_attempts: int = Field(default=5, ge=1, description="Default receives before giving up.")
     handler_timeout_s: float | None = Field(
-        default=None, gt=0, description="Default handler timeout (null: none)."
+        default=900.0,
+        gt=0,
+        description="Default handler timeout: a handler that never returns is cancelled "
+        "and retried (null: no limit).",
     )
     retry_base_delay_s: float = Field(default=2.0, ge=0, description="First retry backoff.")
     retry_max_delay_s: float = Field(

@@ -21,13 +21,12 @@ class Outcome(StrEnum):
     EXHAUSTED = "exhausted"  # attempts used up; task failed
     TASK_CLOSED = "task_closed"  # Step Functions says the task is already closed
     DUPLICATE = "duplicate"  # same token as a message in flight; settled by that one
+    UNCONFIRMED = "unconfirmed"  # Step Functions did not confirm: message kept
 
     @property
     def settled(self) -> bool:
         """False when the message goes back to the queue and will be handled again."""
         return self not in (Outcome.RETRY, Outcome.UNCONFIRMED)
-
-    UNCONFIRMED = "unconfirmed"  # Step Functions did not confirm: message kept
 
 
 class Stats:

@@ -33,6 +33,7 @@ from anyio.abc import TaskGroup
 from botocore.exceptions import ClientError
 
 from ._aws import AwsClients
+from ._message import MAX_MESSAGE_BYTES, message_size
 from ._service import Broker
 from ._settings import BrokerSettings, QueueSettings
 
@@ -206,6 +207,12 @@ class FakeSqs(_Faults):
         async with self._call("send_message"):
             if len(MessageAttributes or {}) > 10:
                 raise client_error("InvalidParameterValue", "too many message attributes")
+            if message_size(MessageBody, MessageAttributes or {}) > MAX_MESSAGE_BYTES:
+                raise client_error(
+                    "InvalidParameterValue",
+                    "One or more parameters are invalid. Reason: Message must be shorter "
+                    f"than {MAX_MESSAGE_BYTES} bytes.",
+                )
             queue = self._queue(QueueUrl)
             message_id = f"m-{next(self._ids):06d}"
             queue.messages[message_id] = _Stored(

@@ -1,0 +1,259 @@
+"""The bad-input table: every kind of bad message or bad handler result, its documented
+outcome (docs/errors.md), and a broker that keeps serving afterwards.
+
+Each row runs on its own broker; after the bad message is settled, a good task must
+still complete on the same broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from broker import NonRetryable, Outcome, QueueSettings, Router, Task
+from broker._message import MAX_MESSAGE_BYTES
+from broker.testing import TestBroker
+
+from .conftest import make_settings
+
+
+class Order(BaseModel):
+    id: int
+
+
+class HugeError(ValueError):
+    pass
+
+
+class HugeNonRetryable(NonRetryable, ValueError):
+    pass
+
+
+def bad_input_router() -> Router:
+    router = Router()
+
+    @router.handler("ok")
+    async def ok(task: Task[Any]) -> str:
+        return "fine"
+
+    @router.handler("typed")
+    async def typed(task: Task[Order]) -> dict[str, int]:
+        return {"id": task.payload.id}
+
+    @router.handler("big_output")
+    async def big_output(task: Task[Any]) -> str:
+        return "x" * 300_000
+
+    @router.handler("not_jsonable")
+    async def not_jsonable(task: Task[Any]) -> object:
+        return object()
+
+    @router.handler("huge_exception", max_attempts=2)
+    async def huge_exception(task: Task[Any]) -> None:
+        raise HugeError("e" * 100_000)
+
+    @router.handler("huge_non_retryable")
+    async def huge_non_retryable(task: Task[Any]) -> None:
+        raise HugeNonRetryable("n" * 100_000)
+
+    @router.handler("never_returns", timeout_s=0.2, max_attempts=2)
+    async def never_returns(task: Task[Any]) -> None:
+        await anyio.sleep_forever()
+
+    return router
+
+
+def task_body(token: str, message_type: str | None, payload: Any) -> str:
+    body: dict[str, Any] = {"TaskToken": token, "input": payload}
+    if message_type is not None:
+        body["type"] = message_type
+    return orjson.dumps(body).decode()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One bad input and what must come of it."""
+
+    name: str
+    #: The message body, given the task token the fake Step Functions minted.
+    body: Callable[[str], str | bytes]
+    outcomes: dict[Outcome, int]
+    #: SendTaskFailure's error, or None when no completion may be sent at all.
+    error: str | None = None
+    output: Any = None
+    dead_letter_reason: str | None = None
+    #: Checks on the failure's cause, for the rows where its size matters.
+    max_cause: int | None = None
+    #: The message stays in the source queue, hidden, for the queue's redrive policy.
+    kept: bool = False
+
+
+ROWS = [
+    Row(
+        "invalid JSON", lambda _: "{not json", {Outcome.POISON: 1}, dead_letter_reason="InvalidJson"
+    ),
+    Row(
+        "non-UTF-8 bytes",
+        lambda _: b"\xff\xfe\x00{",
+        {Outcome.POISON: 1},
+        dead_letter_reason="InvalidJson",
+    ),
+    Row("empty body", lambda _: "", {Outcome.POISON: 1}, dead_letter_reason="InvalidJson"),
+    Row("JSON array", lambda _: "[1, 2, 3]", {Outcome.POISON: 1}, dead_letter_reason="NotAnObject"),
+    Row(
+        "JSON string",
+        lambda _: '"just a string"',
+        {Outcome.POISON: 1},
+        dead_letter_reason="NotAnObject",
+    ),
+    Row(
+        "missing token",
+        lambda _: '{"input": {"n": 1}, "type": "ok"}',
+        {Outcome.POISON: 1},
+        dead_letter_reason="MissingToken",
+    ),
+    Row(
+        "empty token",
+        lambda _: '{"TaskToken": "", "type": "ok"}',
+        {Outcome.POISON: 1},
+        dead_letter_reason="InvalidToken",
+    ),
+    Row(
+        "over-long token",
+        lambda _: task_body("t" * 2049, "ok", {}),
+        {Outcome.POISON: 1},
+        dead_letter_reason="InvalidToken",
+    ),
+    Row(
+        "unknown type",
+        lambda token: task_body(token, "mystery", {}),
+        {Outcome.UNKNOWN_TYPE: 1},
+        error="Broker.UnknownMessageType",
+        dead_letter_reason="UnknownMessageType",
+    ),
+    Row(
+        "payload failing the model",
+        lambda token: task_body(token, "typed", {"id": "not a number"}),
+        {Outcome.INVALID_INPUT: 1},
+        error="Broker.InvalidInput",
+    ),
+    Row(
+        "1 MiB body that is not JSON (too large to copy with a reason)",
+        lambda _: "x" * MAX_MESSAGE_BYTES,
+        {Outcome.POISON: 1},
+        kept=True,
+    ),
+    Row(
+        "1 MiB body of a valid task",
+        lambda token: task_body(token, "ok", {"blob": "b" * (MAX_MESSAGE_BYTES - 200)}),
+        {Outcome.SUCCEEDED: 1},
+        output="fine",
+    ),
+    Row(
+        "output of 300 KB",
+        lambda token: task_body(token, "big_output", {}),
+        {Outcome.INVALID_OUTPUT: 1},
+        error="Broker.OutputTooLarge",
+    ),
+    Row(
+        "output that is not JSON-able",
+        lambda token: task_body(token, "not_jsonable", {}),
+        {Outcome.INVALID_OUTPUT: 1},
+        error="Broker.InvalidOutput",
+    ),
+    Row(
+        "exception message of 100 KB, retried then exhausted",
+        lambda token: task_body(token, "huge_exception", {}),
+        {Outcome.RETRY: 1, Outcome.EXHAUSTED: 1},
+        error="HugeError",
+        dead_letter_reason="AttemptsExhausted",
+        max_cause=32_768,
+    ),
+    Row(
+        "exception message of 100 KB, non-retryable",
+        lambda token: task_body(token, "huge_non_retryable", {}),
+        {Outcome.EXHAUSTED: 1},
+        error="HugeNonRetryable",
+        dead_letter_reason="AttemptsExhausted",
+        max_cause=32_768,
+    ),
+    Row(
+        "handler that never returns",
+        lambda token: task_body(token, "never_returns", {}),
+        {Outcome.RETRY: 1, Outcome.EXHAUSTED: 1},
+        error="Broker.HandlerTimeout",
+        dead_letter_reason="AttemptsExhausted",
+    ),
+]
+
+
+def settled_outcomes(tb: TestBroker) -> dict[Outcome, int]:
+    return {o: tb.broker.stats.total(o) for o in Outcome if tb.broker.stats.total(o)}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_running(
+    row: Row,
+) -> None:
+    # Retries at once, but poison without a usable copy stays hidden for 300 s.
+    settings = make_settings(
+        QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"),
+        retry_base_delay_s=0,
+        retry_max_delay_s=300,
+    )
+    async with TestBroker(bad_input_router(), settings) as tb:
+        token = tb.sfn.new_token()
+        body = row.body(token)
+        tb.sqs.put("tasks", body)
+        await tb.wait_idle(timeout_s=15)
+
+        assert settled_outcomes(tb) == row.outcomes
+        if row.error is None and row.output is None:
+            assert tb.sfn.calls.total() == 0, "nothing can be completed for this input"
+        else:
+            outcome = tb.sfn.outcomes[token]
+            assert (outcome.error, outcome.output) == (row.error, row.output)
+            if row.max_cause is not None:
+                assert outcome.cause is not None
+                assert 0 < len(outcome.cause) <= row.max_cause
+
+        copies = tb.sqs.messages("dlq")
+        if row.dead_letter_reason is None:
+            assert copies == []
+        else:
+            [copy] = copies
+            assert copy.attributes["broker.reason"]["StringValue"] == row.dead_letter_reason
+            assert copy.attributes["broker.source_queue"]["StringValue"] == "tasks"
+            original = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+            assert copy.body == (original or "(empty body)")
+
+        if row.kept:
+            [stored] = tb.sqs.messages("tasks")
+            assert stored.visible_at - anyio.current_time() > 250, "hidden for the redrive"
+        else:
+            assert tb.sqs.count("tasks") == 0
+
+        # The same broker still serves a good task.
+        good = await tb.start_task({"n": 1}, message_type="ok")
+        await tb.wait_idle(timeout_s=10)
+        assert tb.sfn.outcomes[good].output == "fine"
+
+
+async def test_a_too_large_copy_drops_the_original_attributes_but_keeps_the_reason() -> None:
+    settings = make_settings(QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"))
+    body = "y" * (MAX_MESSAGE_BYTES - 2_000)
+    async with TestBroker(Router(), settings) as tb:
+        # The original fits SQS's limit by 10 bytes; a copy with the reason cannot.
+        tb.sqs.put("tasks", body, {"note": "z" * (2_000 - 10 - len("note") - len("String"))})
+        await tb.wait_idle()
+    [copy] = tb.sqs.messages("dlq")
+    assert copy.body == body
+    assert copy.attributes["broker.reason"]["StringValue"] == "InvalidJson"
+    assert "note" not in copy.attributes
+    assert tb.sqs.count("tasks") == 0
