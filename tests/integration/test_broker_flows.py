@@ -351,3 +351,56 @@ async def test_unknown_type_and_exhausted_attempts_are_dead_lettered_and_failed_
     assert exhausted["broker.source_queue"]["StringValue"] == seed_flows.queues["callback"]
     assert "the downstream service is gone" in exhausted["broker.detail"]["StringValue"]
     await assert_queues_drained(aws, seed_flows.queues["callback"])
+
+
+async def test_drain_hands_cut_off_messages_back_at_once(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    queue = seed_flows.queues["callback"]
+    started = 0
+    stuck = Router()
+
+    @stuck.handler("work")
+    async def never_finishes(task: Task[Any]) -> None:
+        nonlocal started
+        started += 1
+        await anyio.sleep_forever()
+
+    # A 300 s visibility: without the hand-back the messages would stay hidden that long.
+    settings = settings_for(
+        aws,
+        QueueSettings(name=queue, default_handler="work", visibility_timeout_s=300),
+        shutdown_grace_s=0.5,
+    )
+    arns = await anyio.to_thread.run_sync(
+        lambda: start_executions(
+            aws, seed_flows.state_machines["callback"], [{}] * 3, name_prefix="drain"
+        )
+    )
+    async with running(settings, stuck) as broker:
+        with anyio.fail_after(30):
+            while started < 3:
+                await anyio.sleep(0.05)
+        stop_began = anyio.current_time()
+        broker.request_stop()
+    assert anyio.current_time() - stop_began < 0.5 + 3, "drain bounded by the grace period"
+
+    sqs = aws.client("sqs")
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes == {
+        "ApproximateNumberOfMessages": "3",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
+
+    # The next broker gets them at once, long before the 300 s visibility would lapse.
+    async with running(
+        settings_for(aws, QueueSettings(name=queue, default_handler="callback")), seed_router
+    ):
+        results = await anyio.to_thread.run_sync(
+            lambda: wait_for_executions(aws, arns, timeout_s=30)
+        )
+    assert [results[arn].status for arn in arns] == ["SUCCEEDED"] * 3
+    await assert_queues_drained(aws, queue)
