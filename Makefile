@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run check test unit integration lint format clean
+.PHONY: install demo run check test unit integration faults lint format clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ unit: install
 
 integration: install
 	$(BIN)/pytest -q tests/integration
+
+## faults: the fault-injection suite alone, figure table printed (FAULT_TASKS=N to change its size)
+faults: install
+	$(BIN)/pytest -q -s -m faults tests/faults
 
 lint: install
 	$(BIN)/ruff check .
