@@ -14,6 +14,7 @@ Public API::
 from __future__ import annotations
 
 from ._errors import (
+    ActivityNotFound,
     BrokerError,
     ConfigError,
     ErrorName,
@@ -27,12 +28,14 @@ from ._errors import (
 from ._plugins import ENTRY_POINT_GROUP, build_router
 from ._router import HandlerOptions, Route, Router
 from ._service import Broker
-from ._settings import BrokerSettings, QueueSettings, load_settings
+from ._settings import ActivitySettings, BrokerSettings, QueueSettings, load_settings
 from ._stats import Outcome
 from ._task import Task
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ActivityNotFound",
+    "ActivitySettings",
     "Broker",
     "BrokerError",
     "BrokerSettings",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from ._settings import BrokerSettings
 
 __all__ = [
+    "ACTIVITY_POLL_READ_TIMEOUT_S",
     "AwsClients",
     "ErrorKind",
     "SfnApi",
@@ -34,6 +35,9 @@ __all__ = [
 # Read-only callables rather than methods, so that any keyword signature (botocore's
 # client, a fake with explicit parameters) satisfies the protocol.
 _Call = Callable[..., Awaitable[Mapping[str, Any]]]
+
+#: GetActivityTask answers within 60 s; the read timeout must be longer.
+ACTIVITY_POLL_READ_TIMEOUT_S: Final = 70
 
 
 class SqsApi(Protocol):
@@ -64,12 +68,26 @@ class SfnApi(Protocol):
     def send_task_failure(self) -> _Call: ...
     @property
     def send_task_heartbeat(self) -> _Call: ...
+    @property
+    def get_activity_task(self) -> _Call: ...
+    @property
+    def describe_activity(self) -> _Call: ...
+    @property
+    def list_activities(self) -> _Call: ...
+    @property
+    def create_activity(self) -> _Call: ...
 
 
 @dataclass(frozen=True, slots=True)
 class AwsClients:
     sqs: SqsApi
     sfn: SfnApi
+    #: A Step Functions client for GetActivityTask's minute-long poll (default: ``sfn``).
+    sfn_poll: SfnApi | None = None
+
+    @property
+    def activity_sfn(self) -> SfnApi:
+        return self.sfn_poll if self.sfn_poll is not None else self.sfn
 
 
 class ErrorKind(Enum):
@@ -159,9 +177,22 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
         # Completions are retried by the broker itself, under its rate limit.
         retries={"mode": "standard", "total_max_attempts": 1},
     )
+    pollers = sum(activity.pollers for activity in settings.activities)
+    poll_config = AioConfig(
+        # GetActivityTask holds the connection for up to 60 s before answering "no task";
+        # botocore's default 60 s read timeout would cut that off.  Completions keep
+        # their short timeout on the other client.
+        read_timeout=ACTIVITY_POLL_READ_TIMEOUT_S,
+        connect_timeout=5,
+        max_pool_connections=max(10, pollers + 2),
+        retries={"mode": "standard", "total_max_attempts": 1},
+    )
     endpoint = settings.aws_endpoint_url
     async with (
         session.client("sqs", config=sqs_config, endpoint_url=endpoint) as sqs,
         session.client("stepfunctions", config=sfn_config, endpoint_url=endpoint) as sfn,
+        session.client("stepfunctions", config=poll_config, endpoint_url=endpoint) as sfn_poll,
     ):
-        yield AwsClients(sqs=cast(SqsApi, sqs), sfn=cast(SfnApi, sfn))
+        yield AwsClients(
+            sqs=cast(SqsApi, sqs), sfn=cast(SfnApi, sfn), sfn_poll=cast(SfnApi, sfn_poll)
+        )

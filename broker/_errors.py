@@ -6,6 +6,7 @@ Exception hierarchy (everything the broker raises derives from ``BrokerError``):
     ├── ConfigError          bad settings; the message names the setting (start-up)
     ├── RegistrationError    duplicate message type, non-async handler, bad plugin (start-up)
     ├── QueueNotFound        a configured queue does not exist or cannot be reached (start-up)
+    ├── ActivityNotFound     a configured activity does not exist or cannot be reached (start-up)
     ├── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
     ├── RetryLater           raised by a handler: try this message again after delay_s
     └── TaskClosed           raised by task.heartbeat(): the workflow closed the task
@@ -22,6 +23,7 @@ from typing import Final
 
 __all__ = [
     "ERROR_PREFIX",
+    "ActivityNotFound",
     "BrokerError",
     "ConfigError",
     "ErrorName",
@@ -45,6 +47,8 @@ class ErrorName:
     OUTPUT_TOO_LARGE: Final = "Broker.OutputTooLarge"
     HANDLER_TIMEOUT: Final = "Broker.HandlerTimeout"
     RETRIES_EXHAUSTED: Final = "Broker.RetriesExhausted"
+    #: An activity task cut off by the drain (or handed out as it began): retryable.
+    SHUTTING_DOWN: Final = "Broker.ShuttingDown"
 
 
 class BrokerError(Exception):
@@ -61,6 +65,10 @@ class RegistrationError(BrokerError):
 
 class QueueNotFound(BrokerError):
     """A configured queue does not exist or the credentials cannot see it."""
+
+
+class ActivityNotFound(BrokerError):
+    """A configured activity does not exist (and may not be created) or cannot be seen."""
 
 
 class TaskFailed(BrokerError):

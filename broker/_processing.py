@@ -14,13 +14,22 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ._aws import SqsApi, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
-from ._errors import ErrorName, NonRetryable, RetryLater, TaskClosed, TaskFailed
+from ._errors import ErrorName, NonRetryable, RetryLater
+from ._handling import (
+    MAX_OUTPUT_BYTES,
+    encode_output,
+    heartbeat_or_raise,
+    run_supervised,
+    unexpected_failure,
+)
+from ._handling import Failure as _Failure
+from ._handling import TimedOut as _TimedOut
+from ._handling import WorkflowGaveUp as _WorkflowGaveUp
 from ._message import MAX_MESSAGE_BYTES, QueueRuntime, ReceivedMessage, message_size
 from ._redact import token_ref
 from ._router import Route, Router
@@ -31,7 +40,6 @@ __all__ = ["MAX_OUTPUT_BYTES", "MessageProcessor", "ProcessingDefaults", "encode
 
 log = logging.getLogger("broker.processing")
 
-MAX_OUTPUT_BYTES: Final = 262_144
 _DLQ_ATTRIBUTE_LIMIT: Final = 10  # SQS allows at most 10 message attributes
 
 
@@ -45,16 +53,6 @@ class ProcessingDefaults:
     retry_max_delay_s: float = 300.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    error: str
-    cause: str
-
-
-class _TimedOut:
-    """Marker: the handler ran past its timeout and was cancelled."""
-
-
 @dataclass(slots=True)
 class _InFlight:
     """The first message of a token being processed; duplicates wait on ``done``."""
@@ -63,36 +61,9 @@ class _InFlight:
     settled: bool = False
 
 
-class _WorkflowGaveUp:
-    """Marker: a heartbeat was answered "task closed"; the handler was cancelled."""
-
-
 #: Never extend a message's visibility past this long after its receive (SQS's limit).
 _MAX_VISIBILITY_S: Final = 43_200
 _VISIBILITY_MARGIN_S: Final = 5
-
-
-def encode_output(value: Any) -> str | _Failure:
-    """Serialize a handler's return value as the task output, or say why it cannot be."""
-    try:
-        data = orjson.dumps(value, default=_to_jsonable)
-    except TypeError as exc:
-        return _Failure(
-            ErrorName.INVALID_OUTPUT,
-            f"handler returned {type(value).__name__}, which is not JSON-serializable: {exc}",
-        )
-    if len(data) > MAX_OUTPUT_BYTES:
-        return _Failure(
-            ErrorName.OUTPUT_TOO_LARGE,
-            f"output is {len(data)} bytes; Step Functions accepts at most {MAX_OUTPUT_BYTES}",
-        )
-    return data.decode("utf-8")
-
-
-def _to_jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 class MessageProcessor:
@@ -185,27 +156,13 @@ class MessageProcessor:
         self, queue: QueueRuntime, message: ReceivedMessage, route: Route, task: Task[Any]
     ) -> Any:
         """Run the handler while keeping its message invisible and its task alive."""
-        gave_up = False
-        result: Any = None
-        async with anyio.create_task_group() as supervisor:
-
-            async def heartbeats(interval_s: float) -> None:
-                nonlocal gave_up
-                while True:
-                    await anyio.sleep(interval_s)
-                    confirmation = await self._completer.heartbeat(task.token)
-                    if confirmation is Confirmation.TASK_CLOSED:
-                        # The workflow timed out or was stopped: the work is unwanted.
-                        gave_up = True
-                        supervisor.cancel_scope.cancel()
-                        return
-
-            supervisor.start_soon(self._keep_invisible, queue, message)
-            if route.options.heartbeat_s:
-                supervisor.start_soon(heartbeats, route.options.heartbeat_s)
-            result = await self._run_handler(route, task)
-            supervisor.cancel_scope.cancel()
-        return _WorkflowGaveUp() if gave_up else result
+        return await run_supervised(
+            self._completer,
+            route,
+            task,
+            self._defaults.handler_timeout_s,
+            alongside=lambda: self._keep_invisible(queue, message),
+        )
 
     async def _keep_invisible(self, queue: QueueRuntime, message: ReceivedMessage) -> None:
         """Extend the message's visibility at half-life, so a slow handler is not run twice."""
@@ -225,21 +182,6 @@ class MessageProcessor:
                 )
                 return
             await self._change_visibility(queue, message, extend_s)
-
-    async def _run_handler(self, route: Route, task: Task[Any]) -> Any:
-        timeout_s = route.options.timeout_s or self._defaults.handler_timeout_s
-        with anyio.move_on_after(timeout_s) as scope:
-            try:
-                return await route.handler(task)
-            except TaskFailed as exc:
-                return _Failure(exc.error, exc.cause)
-            except TaskClosed:
-                return _WorkflowGaveUp()
-            except Exception as exc:  # noqa: BLE001 - every handler error has an outcome
-                return exc
-        if scope.cancelled_caught:
-            return _TimedOut()
-        raise AssertionError("unreachable: handler neither returned nor timed out")
 
     async def _settle(
         self,
@@ -291,10 +233,8 @@ class MessageProcessor:
         token: str,
         result: _TimedOut | Exception,
     ) -> Outcome:
-        if isinstance(result, _TimedOut):
-            error, cause = ErrorName.HANDLER_TIMEOUT, "handler exceeded its timeout"
-        else:
-            error, cause = type(result).__name__, str(result) or repr(result)
+        failure = unexpected_failure(result)
+        error, cause = failure.error, failure.cause
         max_attempts = route.options.max_attempts or self._defaults.max_attempts
         final = isinstance(result, NonRetryable) or message.receive_count >= max_attempts
         if isinstance(result, RetryLater):
@@ -484,9 +424,7 @@ class MessageProcessor:
             )
 
     async def _heartbeat(self, token: str) -> None:
-        confirmation = await self._completer.heartbeat(token)
-        if confirmation is Confirmation.TASK_CLOSED:
-            raise TaskClosed(f"task {token_ref(token)} is closed; the workflow gave up")
+        await heartbeat_or_raise(self._completer, token)
 
 
 def _fit_in_one_message(body: str, attributes: dict[str, Any]) -> dict[str, Any]:

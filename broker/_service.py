@@ -5,6 +5,10 @@ Shutdown order (``request_stop``): stop polling at once, give running handlers
 A message whose handler is cut off is not deleted: it comes back after its visibility
 timeout.  Nothing is lost; at worst something runs twice, which the completion of a
 closed task answers harmlessly.
+
+Activities (docs/activities.md) drain differently: their polls in flight are left to
+return within the grace period (cancelling one could swallow a task), and an activity
+task cut off is failed with ``Broker.ShuttingDown`` since nothing would redeliver it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Final
 import anyio
 from anyio.abc import TaskStatus
 
+from ._activities import ActivityPoller, check_activity_routes, resolve_activity
+from ._activity_task import ActivityTaskProcessor
 from ._aws import AwsClients, SqsApi, error_code, open_clients
 from ._completer import Completer
 from ._consumer import QueueConsumer
@@ -50,8 +56,9 @@ class Broker:
         *,
         clients: ClientFactory = open_clients,
     ) -> None:
-        if not settings.queues:
-            raise ConfigError("BROKER_QUEUES: no queue configured")
+        if not settings.queues and not settings.activities:
+            raise ConfigError("BROKER_QUEUES: no queue configured (and no BROKER_ACTIVITIES)")
+        check_activity_routes(settings.activities, router)
         self.settings = settings
         self.router = router
         self.stats = Stats()
@@ -59,6 +66,7 @@ class Broker:
         self._stop: anyio.Event | None = None
         self._stop_requested = False
         self.consumers: list[QueueConsumer] = []
+        self.activity_pollers: list[ActivityPoller] = []
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
@@ -68,7 +76,9 @@ class Broker:
 
     @property
     def in_flight(self) -> int:
-        return sum(consumer.in_flight for consumer in self.consumers)
+        return sum(consumer.in_flight for consumer in self.consumers) + sum(
+            poller.in_flight for poller in self.activity_pollers
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._stop = anyio.Event()
@@ -101,6 +111,7 @@ class Broker:
                 QueueConsumer(q, clients.sqs, processor, total_slots=total_slots, stats=self.stats)
                 for q in queues
             ]
+            self.activity_pollers = await self._activity_pollers(clients, completer, total_slots)
             async with anyio.create_task_group() as root:
                 for queue in queues:
                     await root.start(queue.deleter.run)
@@ -116,12 +127,18 @@ class Broker:
         assert self._stop is not None
         with anyio.CancelScope() as work_scope:
             async with anyio.create_task_group() as work:
+                # Activity polls live in ``work``: at the stop they may still return a
+                # task, which then runs under the grace period like any handler.
+                for poller in self.activity_pollers:
+                    work.start_soon(poller.run, work)
                 async with anyio.create_task_group() as pollers:
                     for consumer in self.consumers:
                         pollers.start_soon(consumer.poll, work)
                     log.info(
-                        "broker running: %d queue(s), %d handler type(s), concurrency %d",
+                        "broker running: %d queue(s), %d activity poller(s), %d handler type(s), "
+                        "concurrency %d",
                         len(self.consumers),
+                        len(self.activity_pollers),
                         len(self.router),
                         self.settings.concurrency,
                     )
@@ -130,6 +147,8 @@ class Broker:
                     # Cancelling a long poll in flight can hide the few messages SQS was
                     # about to return until their visibility lapses: delayed, not lost.
                     pollers.cancel_scope.cancel()
+                    for poller in self.activity_pollers:
+                        poller.stop()
                 log.info(
                     "draining: %d handler(s) running, grace %.0fs",
                     self.in_flight,
@@ -138,6 +157,30 @@ class Broker:
                 work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
         if work_scope.cancelled_caught:
             log.warning("grace period over: running handlers cancelled; their messages will return")
+
+    async def _activity_pollers(
+        self, clients: AwsClients, completer: Completer, total_slots: anyio.CapacityLimiter
+    ) -> list[ActivityPoller]:
+        processor = ActivityTaskProcessor(
+            self.router,
+            completer,
+            self.stats,
+            handler_timeout_s=self.settings.handler_timeout_s,
+        )
+        pollers = []
+        for settings in self.settings.activities:
+            activity = await resolve_activity(clients.sfn, settings)
+            pollers += [
+                ActivityPoller(
+                    activity,
+                    clients.activity_sfn,
+                    processor,
+                    total_slots=total_slots,
+                    stats=self.stats,
+                )
+                for _ in range(settings.pollers)
+            ]
+        return pollers
 
     async def _open_queue(self, sqs: SqsApi, queue: QueueSettings) -> QueueRuntime:
         url = await resolve_queue_url(sqs, queue.name)

@@ -35,7 +35,7 @@ from pydantic_settings import (
 from ._envelope import DEFAULT_PAYLOAD_FIELDS, DEFAULT_TOKEN_FIELDS, EnvelopeSpec
 from ._errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "BrokerSettings", "QueueSettings", "load_settings"]
+__all__ = ["ENV_PREFIX", "ActivitySettings", "BrokerSettings", "QueueSettings", "load_settings"]
 
 ENV_PREFIX = "BROKER_"
 
@@ -82,6 +82,37 @@ class QueueSettings(BaseModel):
         )
 
 
+class ActivitySettings(BaseModel):
+    """One Step Functions activity to serve (objects in ``BROKER_ACTIVITIES``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Activity name or activity ARN.")
+    handler: str | None = Field(
+        default=None, description="Handler type for the activity's tasks (or the fallback)."
+    )
+    type_field: str | None = Field(
+        default=None, description="Input field naming the handler type; dotted path allowed."
+    )
+    pollers: int = Field(
+        default=1, ge=1, le=100, description="GetActivityTask polls in flight at most."
+    )
+    worker_name: str | None = Field(
+        default=None, max_length=80, description="workerName sent with each poll (default: host)."
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create the activity at start-up if it does not exist."
+    )
+
+    @model_validator(mode="after")
+    def _routable(self) -> Self:
+        if self.handler is None and self.type_field is None:
+            raise ValueError(
+                f"{ENV_PREFIX}ACTIVITIES: activity {self.name!r} needs a handler or a type_field"
+            )
+        return self
+
+
 class BrokerSettings(BaseSettings):
     """Every setting of the broker.  Environment variables are ``BROKER_`` + the name."""
 
@@ -96,13 +127,18 @@ class BrokerSettings(BaseSettings):
     queues: tuple[QueueSettings, ...] = Field(
         default=(), description="JSON list of queue names/URLs or per-queue objects."
     )
+    activities: tuple[ActivitySettings, ...] = Field(
+        default=(), description="JSON list of Step Functions activities to serve (objects)."
+    )
     handlers: tuple[str, ...] = Field(
         default=(), description="JSON list of 'module:attribute' naming Routers to load."
     )
     entry_points: bool = Field(
         default=True, description="Load Routers from the 'callback_broker.handlers' entry points."
     )
-    concurrency: int = Field(default=64, ge=1, description="Handlers in flight, all queues.")
+    concurrency: int = Field(
+        default=64, ge=1, description="Handlers in flight, all queues and activities."
+    )
     completion_concurrency: int = Field(
         default=32, ge=1, description="SendTaskSuccess/Failure calls in flight."
     )
@@ -162,6 +198,17 @@ class BrokerSettings(BaseSettings):
             raise ValueError(f"queues listed twice: {', '.join(duplicates)}")
         return value
 
+    @field_validator("activities")
+    @classmethod
+    def _unique_activities(
+        cls, value: tuple[ActivitySettings, ...]
+    ) -> tuple[ActivitySettings, ...]:
+        names = [activity.name for activity in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"activities listed twice: {', '.join(duplicates)}")
+        return value
+
     @field_validator("handlers")
     @classmethod
     def _handler_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -187,6 +234,14 @@ class BrokerSettings(BaseSettings):
                     f"{ENV_PREFIX}QUEUES: queue {queue.name!r}: concurrency "
                     f"{queue.concurrency} exceeds the total concurrency {self.concurrency}"
                 )
+        pollers = sum(activity.pollers for activity in self.activities)
+        if self.queues and pollers >= self.concurrency:
+            # An idle activity poll holds its slot for up to a minute: with every slot
+            # polling, the queues would never get one.
+            raise ValueError(
+                f"{ENV_PREFIX}ACTIVITIES: {pollers} activity poller(s) would hold all "
+                f"{self.concurrency} {ENV_PREFIX}CONCURRENCY slots; the queues need some"
+            )
         return self
 
     @classmethod

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from ._settings import ENV_PREFIX, BrokerSettings, QueueSettings
+from ._settings import ENV_PREFIX, ActivitySettings, BrokerSettings, QueueSettings
 
 __all__ = ["render"]
 
@@ -51,6 +51,18 @@ def render() -> str:
         "|---|---|---|",
     ]
     for name, info in QueueSettings.model_fields.items():
+        lines.append(f"| `{name}` | {_default(info)} | {info.description or ''} |")
+    lines += [
+        "",
+        "## Per activity (objects in `BROKER_ACTIVITIES`)",
+        "",
+        "Each needs a `handler`, a `type_field`, or both (the field first, the handler as "
+        "the fallback). See docs/activities.md.",
+        "",
+        "| field | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, info in ActivitySettings.model_fields.items():
         lines.append(f"| `{name}` | {_default(info)} | {info.description or ''} |")
     return "\n".join(lines) + "\n"
 

@@ -369,16 +369,97 @@ class TaskOutcome:
     cause: str | None = None
 
 
-class FakeSfn(_Faults):
-    """Step Functions' task-token API, with AWS's validation and closed-task answers."""
+@dataclass
+class _Activity:
+    name: str
+    arn: str
+    #: Tasks scheduled and not yet handed out: (token, input JSON).
+    waiting: list[tuple[str, str]] = field(default_factory=list)
+    #: workerName of each GetActivityTask call, in call order.
+    workers: list[str | None] = field(default_factory=list)
 
-    def __init__(self) -> None:
+
+class FakeSfn(_Faults):
+    """Step Functions' task-token and activity API, with AWS's validation and closed-task
+    answers.  ``GetActivityTask`` long-polls for ``activity_poll_s`` (AWS: 60 s)."""
+
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        account: str = "000000000000",
+        activity_poll_s: float = 1.0,
+    ) -> None:
         super().__init__()
         self.outcomes: dict[str, TaskOutcome] = {}
         self.heartbeats: Counter[str] = Counter()
         #: Completions answered TaskTimedOut because the task was already closed.
         self.duplicates = 0
+        self.activities: dict[str, _Activity] = {}
+        self.activity_poll_s = activity_poll_s
+        #: Tokens handed out by GetActivityTask, in order.
+        self.handed_out: list[str] = []
+        self._arn_prefix = f"arn:aws:states:{region}:{account}:activity:"
         self._tokens = itertools.count(1)
+
+    # -- activities: set-up helpers (synchronous, not part of the API)
+    def add_activity(self, name: str) -> str:
+        arn = self._arn_prefix + name
+        self.activities.setdefault(arn, _Activity(name, arn))
+        return arn
+
+    def schedule_activity_task(self, activity: str, input: Any) -> str:
+        """Schedule a task on ``activity`` (name or ARN) as a state machine would."""
+        token = self.new_token()
+        self._activity(activity).waiting.append((token, orjson.dumps(input).decode()))
+        return token
+
+    def waiting_activity_tasks(self) -> int:
+        return sum(len(activity.waiting) for activity in self.activities.values())
+
+    def _activity(self, name_or_arn: str) -> _Activity:
+        arn = name_or_arn if name_or_arn.startswith("arn:") else self._arn_prefix + name_or_arn
+        try:
+            return self.activities[arn]
+        except KeyError:
+            raise client_error("ActivityDoesNotExist", f"Activity does not exist: {arn}") from None
+
+    # -- activities: the API
+    async def create_activity(self, *, name: str, **_: Any) -> dict[str, Any]:
+        async with self._call("create_activity"):
+            # Idempotent, as on AWS: the same name answers the same ARN.
+            return {"activityArn": self.add_activity(name)}
+
+    async def describe_activity(self, *, activityArn: str) -> dict[str, Any]:
+        async with self._call("describe_activity"):
+            activity = self._activity(activityArn)
+            return {"activityArn": activity.arn, "name": activity.name}
+
+    async def list_activities(self, *, nextToken: str | None = None, **_: Any) -> dict[str, Any]:
+        async with self._call("list_activities"):
+            return {
+                "activities": [
+                    {"activityArn": a.arn, "name": a.name} for a in self.activities.values()
+                ]
+            }
+
+    async def get_activity_task(
+        self, *, activityArn: str, workerName: str | None = None
+    ) -> dict[str, Any]:
+        async with self._call("get_activity_task"):
+            activity = self._activity(activityArn)
+            activity.workers.append(workerName)
+            deadline = anyio.current_time() + self.activity_poll_s
+            while True:
+                now = anyio.current_time()
+                if activity.waiting or now >= deadline:
+                    break
+                await anyio.sleep(min(0.005, deadline - now))
+            if not activity.waiting:
+                return {}  # AWS: no taskToken when no task came within the poll
+            token, input_json = activity.waiting.pop(0)
+            self.handed_out.append(token)
+            return {"taskToken": token, "input": input_json}
 
     def new_token(self) -> str:
         # Long and opaque like the real thing, so leak checks have something to find.
@@ -458,6 +539,9 @@ class TestBroker:
             for name in (queue.name, queue.dead_letter_queue):
                 if name and self.sqs._url(name) not in self.sqs.queues:
                     self.sqs.create_queue(name.rsplit("/", 1)[-1])
+        for activity in self.settings.activities:
+            if not activity.create_if_missing and not activity.name.startswith("arn:"):
+                self.sfn.add_activity(activity.name)
         self.broker = Broker(self.settings, router, clients=self._clients)
         self._group: TaskGroup | None = None
 
@@ -503,13 +587,20 @@ class TestBroker:
         self.sqs.put(queue or self.settings.queues[0].name, orjson.dumps(body), message_attributes)
         return token
 
+    def start_activity_task(self, input: Any, *, activity: str | None = None) -> str:
+        """Schedule an activity task the way a state machine would; returns its token."""
+        name = activity or self.settings.activities[0].name
+        return self.sfn.schedule_activity_task(name, input)
+
     async def wait_idle(self, timeout_s: float = 10.0) -> None:
         """Wait until no message is visible and no handler runs (deletes flushed)."""
         with anyio.fail_after(timeout_s):
             while True:
                 await anyio.sleep(0.02)
-                busy = self.broker.in_flight or any(
-                    self.sqs.visible(q.name) for q in self.settings.queues
+                busy = (
+                    self.broker.in_flight
+                    or self.sfn.waiting_activity_tasks()
+                    or any(self.sqs.visible(q.name) for q in self.settings.queues)
                 )
                 if not busy:
                     # One linger more, so the last deletes are flushed.

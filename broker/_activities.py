@@ -1,0 +1,196 @@
+"""Step Functions activities: the GetActivityTask poll loop, beside the SQS ``QueueConsumer``.
+
+A poller reserves one slot of the broker-wide ``CapacityLimiter`` *before* it calls
+GetActivityTask, so a task is only ever taken when a handler can start at once: a token
+handed out is handed out once, and a task held without a worker would just age toward
+its timeout.  An empty poll (no ``taskToken``) gives the slot back and polls again.
+
+Drain (``stop``): no poll starts any more; a poll in flight is left to return, because
+cancelling it could swallow a task Step Functions already handed out.  What it returns
+runs under the grace period (see ``_activity_task``); the broker cancels polls still
+open at the grace deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+from collections.abc import Mapping
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._activity_task import ActivityRuntime, ActivityTaskProcessor
+from ._aws import SfnApi, classify, error_code
+from ._errors import ActivityNotFound, ConfigError
+from ._redact import token_ref
+from ._router import Router
+from ._settings import ENV_PREFIX, ActivitySettings
+from ._stats import Stats
+
+__all__ = ["ActivityPoller", "check_activity_routes", "resolve_activity"]
+
+log = logging.getLogger("broker.activities")
+
+_ERROR_BACKOFF_MAX_S: Final = 30.0
+_WORKER_NAME_MAX: Final = 80
+
+
+class _Slot:
+    """A borrower token: one handler slot, held from the poll until the task settles."""
+
+    __slots__ = ()
+
+
+def check_activity_routes(activities: tuple[ActivitySettings, ...], router: Router) -> None:
+    """Fail at start-up, not at the first task, when a configured handler is missing."""
+    for activity in activities:
+        if activity.handler is not None and activity.handler not in router:
+            known = ", ".join(sorted(router.routes)) or "none"
+            raise ConfigError(
+                f"{ENV_PREFIX}ACTIVITIES: activity {activity.name!r}: handler "
+                f"{activity.handler!r} is not registered (registered types: {known})"
+            )
+
+
+async def resolve_activity(sfn: SfnApi, settings: ActivitySettings) -> ActivityRuntime:
+    """The activity's ARN, creating the activity if asked.  ``ActivityNotFound`` otherwise."""
+    worker_name = settings.worker_name or socket.gethostname()[:_WORKER_NAME_MAX] or "broker"
+    if settings.name.startswith("arn:"):
+        try:
+            await sfn.describe_activity(activityArn=settings.name)
+        except Exception as exc:
+            raise ActivityNotFound(
+                f"activity {settings.name} not found or not accessible "
+                f"({error_code(exc) or type(exc).__name__})"
+            ) from exc
+        return ActivityRuntime(settings, settings.name, worker_name)
+    try:
+        if settings.create_if_missing:
+            # CreateActivity is idempotent: an existing activity answers its ARN.
+            created = await sfn.create_activity(name=settings.name)
+            arn = str(created["activityArn"])
+        else:
+            arn = await _find_by_name(sfn, settings.name)
+    except Exception as exc:
+        raise ActivityNotFound(
+            f"activity {settings.name!r} not accessible ({error_code(exc) or type(exc).__name__})"
+        ) from exc
+    if not arn:
+        raise ActivityNotFound(
+            f"activity {settings.name!r} not found (set create_if_missing in "
+            f"{ENV_PREFIX}ACTIVITIES to create it at start-up)"
+        )
+    return ActivityRuntime(settings, arn, worker_name)
+
+
+async def _find_by_name(sfn: SfnApi, name: str) -> str:
+    params: dict[str, Any] = {}
+    while True:
+        page: Mapping[str, Any] = await sfn.list_activities(**params)
+        for activity in page.get("activities", []):
+            if activity.get("name") == name:
+                return str(activity["activityArn"])
+        if not page.get("nextToken"):
+            return ""
+        params["nextToken"] = page["nextToken"]
+
+
+class ActivityPoller:
+    """One GetActivityTask loop of one activity.  ``pollers`` of them run per activity."""
+
+    def __init__(
+        self,
+        activity: ActivityRuntime,
+        sfn: SfnApi,
+        processor: ActivityTaskProcessor,
+        *,
+        total_slots: anyio.CapacityLimiter,
+        stats: Stats,
+    ) -> None:
+        self.activity = activity
+        self._sfn = sfn
+        self._processor = processor
+        self._total_slots = total_slots
+        self._stats = stats
+        self._processing = 0
+        self._stopping = False
+        self._polling = False
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks received and not yet settled."""
+        return self._processing
+
+    def stop(self) -> None:
+        """Start no more polls.  A poll in flight is left to return; waiting stops now."""
+        self._stopping = True
+        if self._scope is not None and not self._polling:
+            self._scope.cancel()
+
+    async def run(self, work: TaskGroup) -> None:
+        """Poll until ``stop``, starting each task received as a task in ``work``."""
+        with anyio.CancelScope() as self._scope:
+            failures = 0
+            while not self._stopping:
+                slot = _Slot()
+                await self._total_slots.acquire_on_behalf_of(slot)
+                try:
+                    response = await self._poll()
+                except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
+                    self._total_slots.release_on_behalf_of(slot)
+                    failures += 1
+                    await self._back_off(exc, failures)
+                    continue
+                except BaseException:
+                    self._total_slots.release_on_behalf_of(slot)
+                    raise
+                failures = 0
+                token = response.get("taskToken")
+                if not token:
+                    # The minute passed without a task: poll again.
+                    self._total_slots.release_on_behalf_of(slot)
+                    continue
+                self._stats.received[self.activity.name] += 1
+                self._processing += 1
+                work.start_soon(self._handle, token, response.get("input"), slot)
+
+    async def _poll(self) -> Mapping[str, Any]:
+        # While the call is open, ``stop`` must not cancel it: see the module docstring.
+        self._polling = True
+        try:
+            return await self._sfn.get_activity_task(
+                activityArn=self.activity.arn, workerName=self.activity.worker_name
+            )
+        finally:
+            self._polling = False
+
+    async def _back_off(self, exc: Exception, failures: int) -> None:
+        delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
+        log.error(
+            "GetActivityTask on %s failed (%s, %s); next try in %.1fs",
+            self.activity.name,
+            error_code(exc) or type(exc).__name__,
+            classify(exc).value,
+            delay_s,
+        )
+        if not self._stopping:
+            await anyio.sleep(delay_s)
+
+    async def _handle(self, token: str, raw_input: str | None, slot: _Slot) -> None:
+        try:
+            await self._processor.process(self.activity, token, raw_input)
+        except Exception:
+            # A bug in the broker itself: log it and keep the broker running.  The task
+            # is not redelivered; the workflow's heartbeat/timeout and Retry take over.
+            log.exception(
+                "internal error processing task %s of activity %s",
+                token_ref(token),
+                self.activity.name,
+            )
+        finally:
+            self._processing -= 1
+            self._total_slots.release_on_behalf_of(slot)

@@ -1,0 +1,163 @@
+"""Running one handler, wherever its task came from (an SQS message or an activity).
+
+The pieces both paths share, kept in one place so an SQS message and an activity task
+get the same handler timeout, the same heartbeats and the same error names:
+
+- ``run_handler``: the handler under its timeout, its result reduced to a value or one
+  of the markers below (never raises, except cancellation);
+- ``run_supervised``: ``run_handler`` with the route's heartbeats (and, for SQS, the
+  visibility extension) alongside, cancelled when the workflow closes the task;
+- ``send_heartbeats``: SendTaskHeartbeat every ``interval_s`` until the task closes;
+- ``unexpected_failure``: the ``error``/``cause`` for a timeout or an exception;
+- ``encode_output``: the handler's value as a Step Functions output, or why it cannot be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import orjson
+from pydantic import BaseModel
+
+from ._completer import Completer, Confirmation
+from ._errors import ErrorName, TaskClosed, TaskFailed
+from ._redact import token_ref
+from ._router import Route
+from ._task import Task
+
+__all__ = [
+    "MAX_OUTPUT_BYTES",
+    "Failure",
+    "TimedOut",
+    "WorkflowGaveUp",
+    "encode_output",
+    "heartbeat_or_raise",
+    "run_handler",
+    "run_supervised",
+    "send_heartbeats",
+    "unexpected_failure",
+]
+
+MAX_OUTPUT_BYTES: Final = 262_144
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A decided failure: SendTaskFailure(error, cause), never retried."""
+
+    error: str
+    cause: str
+
+
+class TimedOut:
+    """Marker: the handler ran past its timeout and was cancelled."""
+
+
+class WorkflowGaveUp:
+    """Marker: a heartbeat was answered "task closed"; the handler was cancelled."""
+
+
+def encode_output(value: Any) -> str | Failure:
+    """Serialize a handler's return value as the task output, or say why it cannot be."""
+    try:
+        data = orjson.dumps(value, default=_to_jsonable)
+    except TypeError as exc:
+        return Failure(
+            ErrorName.INVALID_OUTPUT,
+            f"handler returned {type(value).__name__}, which is not JSON-serializable: {exc}",
+        )
+    if len(data) > MAX_OUTPUT_BYTES:
+        return Failure(
+            ErrorName.OUTPUT_TOO_LARGE,
+            f"output is {len(data)} bytes; Step Functions accepts at most {MAX_OUTPUT_BYTES}",
+        )
+    return data.decode("utf-8")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+async def run_handler(route: Route, task: Task[Any], default_timeout_s: float | None) -> Any:
+    """The handler's return value, a ``Failure``, ``TimedOut``, ``WorkflowGaveUp`` or the
+    exception it raised.  Cancellation from outside is re-raised, never turned into a result.
+    """
+    timeout_s = route.options.timeout_s or default_timeout_s
+    with anyio.move_on_after(timeout_s) as scope:
+        try:
+            return await route.handler(task)
+        except TaskFailed as exc:
+            return Failure(exc.error, exc.cause)
+        except TaskClosed:
+            return WorkflowGaveUp()
+        except Exception as exc:  # noqa: BLE001 - every handler error has an outcome
+            return exc
+    if scope.cancelled_caught:
+        return TimedOut()
+    raise AssertionError("unreachable: handler neither returned nor timed out")
+
+
+async def run_supervised(
+    completer: Completer,
+    route: Route,
+    task: Task[Any],
+    default_timeout_s: float | None,
+    *,
+    alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> Any:
+    """``run_handler`` while heartbeats (if the route asks) and ``alongside`` run beside it.
+
+    ``WorkflowGaveUp`` when a heartbeat found the task closed: the handler was cancelled.
+    """
+    gave_up = False
+    result: Any = None
+    async with anyio.create_task_group() as supervisor:
+
+        def on_closed() -> None:
+            # The workflow timed out or was stopped: the work is unwanted.
+            nonlocal gave_up
+            gave_up = True
+            supervisor.cancel_scope.cancel()
+
+        if alongside is not None:
+            supervisor.start_soon(alongside)
+        if route.options.heartbeat_s:
+            supervisor.start_soon(
+                send_heartbeats, completer, task.token, route.options.heartbeat_s, on_closed
+            )
+        result = await run_handler(route, task, default_timeout_s)
+        supervisor.cancel_scope.cancel()
+    return WorkflowGaveUp() if gave_up else result
+
+
+async def send_heartbeats(
+    completer: Completer, token: str, interval_s: float, on_closed: Callable[[], None]
+) -> None:
+    """SendTaskHeartbeat every ``interval_s``; call ``on_closed`` and return once the
+    workflow closed the task (timed out, stopped): the work is unwanted from then on.
+    """
+    while True:
+        await anyio.sleep(interval_s)
+        confirmation = await completer.heartbeat(token)
+        if confirmation is Confirmation.TASK_CLOSED:
+            on_closed()
+            return
+
+
+async def heartbeat_or_raise(completer: Completer, token: str) -> None:
+    """``task.heartbeat()``: SendTaskHeartbeat; ``TaskClosed`` once the workflow gave up."""
+    confirmation = await completer.heartbeat(token)
+    if confirmation is Confirmation.TASK_CLOSED:
+        raise TaskClosed(f"task {token_ref(token)} is closed; the workflow gave up")
+
+
+def unexpected_failure(result: TimedOut | Exception) -> Failure:
+    """The names a timeout or an undecided exception fails a task with (docs/errors.md)."""
+    if isinstance(result, TimedOut):
+        return Failure(ErrorName.HANDLER_TIMEOUT, "handler exceeded its timeout")
+    return Failure(type(result).__name__, str(result) or repr(result))
