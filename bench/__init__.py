@@ -1,0 +1,1 @@
+"""Benchmarks of the callback broker and the loopback AWS stub they run against."""

@@ -1,0 +1,43 @@
+"""``python -m bench.awsstub --host 127.0.0.1 --port 0``: serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from ._control import READY_PREFIX
+from ._server import StubServer
+
+
+async def _serve(host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with StubServer(host, port) as stub:
+        # The one line a parent waits for; counts and tokens are never printed.
+        print(f"{READY_PREFIX}{stub.endpoint_url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.awsstub", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    args = parser.parse_args(argv)
+    runner = asyncio.run
+    if not args.no_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            runner = uvloop.run
+    runner(_serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
