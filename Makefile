@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run check test unit integration faults lint format clean
+.PHONY: install demo run check test unit integration faults localstack localstack-stop lint format clean
 
 install: $(STAMP)
 
@@ -26,9 +26,11 @@ run: install
 check: install
 	$(BIN)/broker $(if $(CONFIG),--config $(CONFIG)) check
 
-## test: unit tests (fakes) and integration tests (embedded moto server)
+## test: unit tests (fakes), integration tests (embedded moto server) and the LocalStack
+## suite, which is skipped with its reason (-rs) when LocalStack is not up; CI runs
+## `REQUIRE_LOCALSTACK=1 make test` so that a missing LocalStack fails instead
 test: install
-	$(BIN)/pytest -q
+	REQUIRE_LOCALSTACK="$(REQUIRE_LOCALSTACK)" $(BIN)/pytest -q -rs
 
 unit: install
 	$(BIN)/pytest -q tests/unit
@@ -39,6 +41,14 @@ integration: install
 ## faults: the fault-injection suite alone, figure table printed (FAULT_TASKS=N to change its size)
 faults: install
 	$(BIN)/pytest -q -s -m faults tests/faults
+
+## localstack: LocalStack on 127.0.0.1:4566 without Docker, in its own Python 3.13
+## virtualenv under .localstack/ (installed on first use); returns once it is healthy
+localstack:
+	scripts/localstack.sh start
+
+localstack-stop:
+	scripts/localstack.sh stop
 
 lint: install
 	$(BIN)/ruff check .

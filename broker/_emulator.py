@@ -45,12 +45,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer
 
 __all__ = [
+    "AwsEndpoint",
     "EmbeddedAws",
     "EmulatorUnavailable",
     "ExecutionResult",
@@ -80,6 +81,17 @@ _NAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 # Loopback only: a proxy from the environment must never see emulator traffic.
 _LOOPBACK_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class AwsEndpoint(Protocol):
+    """Where the seed flows are deployed and driven: EmbeddedAws, or LocalStack
+    (``broker._localstack.LocalStackAws``)."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def endpoint_url(self) -> str: ...
+    def client(self, service: str) -> Any: ...
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -363,7 +375,7 @@ def _seed_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def deploy_seed_flows(aws: EmbeddedAws, *, prefix: str = "demo") -> SeedFlows:
+def deploy_seed_flows(aws: AwsEndpoint, *, prefix: str = "demo") -> SeedFlows:
     """Create the seed queues and state machines, named f"{prefix}-<logical name>".
 
     Safe to call again with the same prefix: existing queues are reused and existing state
@@ -420,7 +432,7 @@ class ExecutionResult:
 
 
 def start_executions(
-    aws: EmbeddedAws,
+    aws: AwsEndpoint,
     state_machine_arn: str,
     inputs: Sequence[Mapping[str, Any]],
     *,
@@ -445,7 +457,7 @@ def start_executions(
 
 
 def wait_for_executions(
-    aws: EmbeddedAws,
+    aws: AwsEndpoint,
     execution_arns: Sequence[str],
     *,
     timeout_s: float,
