@@ -19,6 +19,7 @@ from typing import Any, Final
 import anyio
 
 from ._aws import ErrorKind, SfnApi, classify, error_code
+from ._events import note_error
 from ._ratelimit import TokenBucket
 from ._redact import token_ref
 
@@ -96,6 +97,7 @@ class Completer:
 
     async def fail(self, token: str, error: str, cause: str) -> Confirmation:
         """SendTaskFailure, with ``error`` and ``cause`` cut to what the API accepts."""
+        note_error(error)
         return await self._call(
             "SendTaskFailure",
             self._sfn.send_task_failure,

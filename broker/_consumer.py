@@ -26,6 +26,8 @@ log = logging.getLogger("broker.consumer")
 
 MAX_RECEIVE: Final = 10
 _ERROR_BACKOFF_MAX_S: Final = 30.0
+#: Consecutive ReceiveMessage failures after which the queue counts as unreachable.
+_FAILING_AFTER: Final = 3
 _RELEASE_TIMEOUT_S: Final = 2.0
 
 
@@ -54,22 +56,45 @@ class QueueConsumer:
         )
         self._stats = stats
         self._processing = 0
+        self._receiving_since: float | None = None
+        self._failures = 0
 
     @property
     def in_flight(self) -> int:
         """Messages received and not yet settled (slots reserved for a poll excluded)."""
         return self._processing
 
+    @property
+    def free_slots(self) -> int:
+        """Handler slots of this queue not running a handler (a pending poll's included)."""
+        return int(self._queue_slots.total_tokens) - self._processing
+
+    @property
+    def failing(self) -> bool:
+        """ReceiveMessage has failed several times in a row (readiness reports it)."""
+        return self._failures >= _FAILING_AFTER
+
+    def stuck_for_s(self) -> float | None:
+        """How long a ReceiveMessage has gone unanswered past any sane bound, else None."""
+        if self._receiving_since is None:
+            return None
+        waited_s = anyio.current_time() - self._receiving_since
+        # The SDK's read timeout is the long poll + 10 s, tried up to 3 times.
+        bound_s = 3 * (self.queue.settings.wait_time_s + 10) + 10
+        return waited_s if waited_s > bound_s else None
+
     async def poll(self, work: TaskGroup) -> None:
         """Run until cancelled, starting each received message as a task in ``work``."""
-        failures = 0
         while True:
             slots = await self._reserve()
+            self._receiving_since = anyio.current_time()
             try:
                 messages = await self._receive(len(slots))
             except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
                 self._release(slots)
-                failures += 1
+                self._receiving_since = None
+                self._failures += 1
+                failures = self._failures
                 delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
                 log.error(
                     "ReceiveMessage on %s failed (%s, %s); next try in %.1fs",
@@ -82,8 +107,10 @@ class QueueConsumer:
                 continue
             except BaseException:
                 self._release(slots)
+                self._receiving_since = None
                 raise
-            failures = 0
+            self._receiving_since = None
+            self._failures = 0
             self._stats.received[self.queue.name] += len(messages)
             held = list(zip(messages, slots, strict=False))
             self._processing += len(held)

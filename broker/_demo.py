@@ -301,6 +301,7 @@ def demo_settings(
         ),
         handlers=(_SEED_HANDLERS,),
         entry_points=False,
+        http_port=None,
         aws_region=aws.region,
         aws_endpoint_url=aws.endpoint_url,
     )

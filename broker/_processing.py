@@ -20,6 +20,7 @@ from ._aws import SqsApi, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
 from ._errors import ErrorName, NonRetryable, RetryLater
+from ._events import message_record, note_error, note_type, settled
 from ._handling import (
     MAX_OUTPUT_BYTES,
     encode_output,
@@ -83,8 +84,9 @@ class MessageProcessor:
         self._in_flight: dict[str, _InFlight] = {}
 
     async def process(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
-        outcome = await self._decide(queue, message)
-        self._stats.count(queue.name, outcome)
+        with message_record(queue.name, message.message_id, message.receive_count) as record:
+            outcome = await self._decide(queue, message)
+            settled(record, outcome, self._stats)
         return outcome
 
     async def _decide(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
@@ -121,7 +123,9 @@ class MessageProcessor:
     ) -> Outcome:
         route = self._router.get(parsed.message_type) if parsed.message_type else None
         if route is None:
+            note_type("unknown")
             return await self._unknown_type(queue, message, parsed)
+        note_type(route.message_type)
 
         payload: Any = parsed.payload
         if route.payload_adapter is not None:
@@ -149,7 +153,9 @@ class MessageProcessor:
             body=parsed.body,
             _send_heartbeat=lambda: self._heartbeat(parsed.token),
         )
+        started = anyio.current_time()
         result = await self._run_supervised(queue, message, route, task)
+        self._stats.handler_seconds[route.message_type].observe(anyio.current_time() - started)
         return await self._settle(queue, message, route, parsed, result)
 
     async def _run_supervised(
@@ -240,6 +246,7 @@ class MessageProcessor:
         if isinstance(result, RetryLater):
             error, cause = ErrorName.RETRIES_EXHAUSTED, result.reason or "retries requested"
         if not final:
+            note_error(error)
             delay_s = (
                 round(result.delay_s)
                 if isinstance(result, RetryLater)
@@ -339,6 +346,7 @@ class MessageProcessor:
     async def _poison(
         self, queue: QueueRuntime, message: ReceivedMessage, poison: Poison
     ) -> Outcome:
+        note_error(poison.reason.value)
         log.warning(
             "poison message %s on %s: %s (%s)",
             message.message_id,

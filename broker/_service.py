@@ -28,10 +28,13 @@ from ._completer import Completer
 from ._consumer import QueueConsumer
 from ._deleter import DeleteBatcher
 from ._errors import ConfigError, QueueNotFound
+from ._http import Health, HttpEndpoints, serve_http
+from ._instrument import instrument
 from ._message import QueueRuntime
+from ._metrics import BrokerGauges, MetricsCollector, render_metrics
 from ._processing import MessageProcessor, ProcessingDefaults
 from ._router import Router
-from ._settings import BrokerSettings, QueueSettings
+from ._settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from ._stats import Outcome, Stats
 
 __all__ = ["Broker", "resolve_queue_url"]
@@ -39,6 +42,9 @@ __all__ = ["Broker", "resolve_queue_url"]
 log = logging.getLogger("broker")
 
 _FLUSH_TIMEOUT_S: Final = 10.0
+_LAG_PROBE_S: Final = 0.5
+#: A loop this late is not serving anyone: liveness fails and the orchestrator restarts.
+_MAX_LIVE_LAG_S: Final = 10.0
 
 ClientFactory = Callable[[BrokerSettings], AbstractAsyncContextManager[AwsClients]]
 
@@ -65,12 +71,16 @@ class Broker:
         self._clients = clients
         self._stop: anyio.Event | None = None
         self._stop_requested = False
+        self._ready = False
+        #: The port /livez /readyz /metrics listen on, once started (None: off).
+        self.http_port: int | None = None
         self.consumers: list[QueueConsumer] = []
         self.activity_pollers: list[ActivityPoller] = []
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
         self._stop_requested = True
+        self._ready = False  # readiness goes false first, before anything else stops
         if self._stop is not None:
             self._stop.set()
 
@@ -84,8 +94,25 @@ class Broker:
         self._stop = anyio.Event()
         if self._stop_requested:
             self._stop.set()
+        try:
+            async with anyio.create_task_group() as observers:
+                if self.settings.http_port is not None:
+                    self.http_port = await observers.start(self._serve_http)
+                observers.start_soon(self._watch_event_loop)
+                await self._run(task_status)
+                observers.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The observers never fail on their own: callers get the broker's own error,
+            # as they did before health and metrics ran beside it.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        log.info("broker stopped: %s", self._summary())
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         settings = self.settings
-        async with self._clients(settings) as clients:
+        async with self._clients(settings) as raw_clients:
+            clients = instrument(raw_clients, self.stats)
             queues = [await self._open_queue(clients.sqs, q) for q in settings.queues]
             completer = Completer(
                 clients.sfn,
@@ -121,7 +148,6 @@ class Broker:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT_S):
                         for queue in queues:
                             await queue.deleter.close()
-        log.info("broker stopped: %s", self._summary())
 
     async def _consume(self, task_status: TaskStatus[None]) -> None:
         assert self._stop is not None
@@ -142,6 +168,7 @@ class Broker:
                         len(self.router),
                         self.settings.concurrency,
                     )
+                    self._ready = not self._stop_requested
                     task_status.started()
                     await self._stop.wait()
                     # Cancelling a long poll in flight can hide the few messages SQS was
@@ -206,6 +233,63 @@ class Broker:
             dead_letter_url=dead_letter_url,
             visibility_timeout_s=int(attributes.get("VisibilityTimeout", 30)),
             fifo=attributes.get("FifoQueue") == "true",
+        )
+
+    # -- health and metrics
+
+    async def _serve_http(self, *, task_status: TaskStatus[int]) -> None:
+        host, port = self.settings.http_host, self.settings.http_port or 0
+        endpoints = HttpEndpoints(self.liveness, self.readiness, self._metrics)
+        try:
+            await serve_http(endpoints, host, port, task_status=task_status)
+        except OSError as exc:
+            raise ConfigError(
+                f"{ENV_PREFIX}HTTP_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
+            ) from exc
+
+    async def _watch_event_loop(self) -> None:
+        """Measure how late the loop wakes a timer: a blocked loop shows up here."""
+        while True:
+            began = anyio.current_time()
+            await anyio.sleep(_LAG_PROBE_S)
+            self.stats.event_loop_lag_s = max(0.0, anyio.current_time() - began - _LAG_PROBE_S)
+
+    def liveness(self) -> Health:
+        checks = {"event_loop": f"lag {self.stats.event_loop_lag_s * 1000:.0f} ms"}
+        ok = self.stats.event_loop_lag_s < _MAX_LIVE_LAG_S
+        for consumer in self.consumers:
+            stuck_for_s = consumer.stuck_for_s()
+            if stuck_for_s is not None:
+                ok = False
+                checks[f"poller {consumer.queue.name}"] = f"no answer for {stuck_for_s:.0f}s"
+        return Health(ok, checks)
+
+    def readiness(self) -> Health:
+        checks: dict[str, str] = {}
+        if self._stop_requested:
+            checks["state"] = "draining"
+        elif not self._ready:
+            checks["state"] = "starting"
+        else:
+            checks["state"] = "running"
+        failing = [c.queue.name for c in self.consumers if c.failing]
+        for name in failing:
+            checks[f"queue {name}"] = "ReceiveMessage failing"
+        return Health(self._ready and not failing, checks)
+
+    def _metrics(self) -> bytes:
+        return render_metrics(self._collector)
+
+    @property
+    def _collector(self) -> MetricsCollector:
+        return MetricsCollector(
+            self.stats,
+            BrokerGauges(
+                in_flight=lambda: {c.queue.name: c.in_flight for c in self.consumers},
+                free_slots=lambda: {c.queue.name: c.free_slots for c in self.consumers},
+                ready=lambda: self._ready,
+                draining=lambda: self._stop_requested,
+            ),
         )
 
     def _summary(self) -> str:

@@ -113,6 +113,13 @@ class ActivitySettings(BaseModel):
         return self
 
 
+def _level(value: str) -> str:
+    level = value.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"unknown log level {value!r}")
+    return level
+
+
 class BrokerSettings(BaseSettings):
     """Every setting of the broker.  Environment variables are ``BROKER_`` + the name."""
 
@@ -171,6 +178,19 @@ class BrokerSettings(BaseSettings):
         default=25.0, ge=0, description="On SIGTERM, time running handlers get to finish."
     )
     log_level: str = Field(default="INFO", description="Root log level.")
+    log_format: str = Field(
+        default="auto",
+        pattern="^(auto|json|text)$",
+        description="Log lines: json, text, or auto (json unless stderr is a terminal).",
+    )
+    log_levels: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON object of per-logger levels, e.g. {"broker.processing": "DEBUG"}.',
+    )
+    http_host: str = Field(default="0.0.0.0", description="Address of /livez /readyz /metrics.")  # noqa: S104 - a container's probes come from outside
+    http_port: int | None = Field(
+        default=8080, ge=0, le=65_535, description="Port of /livez /readyz /metrics (null: off)."
+    )
     aws_region: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BROKER_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -221,10 +241,12 @@ class BrokerSettings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError(f"unknown log level {value!r}")
-        return level
+        return _level(value)
+
+    @field_validator("log_levels")
+    @classmethod
+    def _log_levels(cls, value: dict[str, str]) -> dict[str, str]:
+        return {logger: _level(level) for logger, level in value.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

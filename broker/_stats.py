@@ -1,11 +1,17 @@
-"""Counters of what happened, per queue and outcome.  Cheap enough for the hot path."""
+"""Counters of what happened.  Cheap enough for the hot path: plain integer increments.
+
+Prometheus reads them at scrape time (``_metrics.py``), so recording an event never
+takes a lock or builds a label set.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from bisect import bisect_left
+from collections import Counter, defaultdict
 from enum import StrEnum
+from typing import Final
 
-__all__ = ["Outcome", "Stats"]
+__all__ = ["DURATION_BUCKETS_S", "Histogram", "Outcome", "Stats"]
 
 
 class Outcome(StrEnum):
@@ -29,13 +35,58 @@ class Outcome(StrEnum):
         return self not in (Outcome.RETRY, Outcome.UNCONFIRMED)
 
 
+#: Handler and AWS call durations: 5 ms .. 15 min (the default handler timeout).
+DURATION_BUCKETS_S: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+)  # fmt: skip
+#: DeleteMessageBatch sizes: SQS takes 1..10 entries.
+BATCH_BUCKETS: Final = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+
+
+class Histogram:
+    """Fixed buckets, counted per bucket (cumulated only when read)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: (upper bound, observations <= it), ending with +Inf."""
+        total, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return buckets
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
 class Stats:
     def __init__(self) -> None:
         self.outcomes: Counter[tuple[str, Outcome]] = Counter()
+        #: (source, message type, outcome); the type is a registered one, "unknown" or "none".
+        self.by_type: Counter[tuple[str, str, Outcome]] = Counter()
         self.received: Counter[str] = Counter()
+        self.handler_seconds: defaultdict[str, Histogram] = defaultdict(Histogram)
+        self.aws_seconds: defaultdict[str, Histogram] = defaultdict(Histogram)
+        self.aws_errors: Counter[tuple[str, str]] = Counter()
+        self.throttles: Counter[str] = Counter()
+        self.heartbeats: Counter[str] = Counter()
+        self.delete_batch_sizes = Histogram(BATCH_BUCKETS)
+        self.event_loop_lag_s = 0.0
 
-    def count(self, queue: str, outcome: Outcome) -> None:
+    def count(self, queue: str, outcome: Outcome, message_type: str = "none") -> None:
         self.outcomes[(queue, outcome)] += 1
+        self.by_type[(queue, message_type, outcome)] += 1
 
     def total(self, outcome: Outcome) -> int:
         return sum(n for (_, seen), n in self.outcomes.items() if seen is outcome)

@@ -1,4 +1,4 @@
-"""The ``broker`` command: run, check, handlers, redrive, demo.
+"""The ``broker`` command: run, check, handlers, healthcheck, redrive, demo.
 
 Exit codes: 0 done (a signal-initiated stop included), 1 a runtime failure (for
 example a queue that cannot be reached), 2 bad settings or handlers.
@@ -10,23 +10,28 @@ import argparse
 import logging
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
 from ._aws import open_clients
 from ._errors import BrokerError, ConfigError, QueueNotFound, RegistrationError
+from ._logging import configure_logging
 from ._plugins import ENTRY_POINT_GROUP, build_router
 from ._redrive import redrive
 from ._router import Router
 from ._service import Broker, resolve_queue_url
-from ._settings import BrokerSettings, load_settings
+from ._settings import ENV_PREFIX, BrokerSettings, load_settings
 
 __all__ = ["event_loop_options", "main", "run_broker"]
 
 log = logging.getLogger("broker")
+
+_HEALTHCHECK_TIMEOUT_S: Final = 3.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args)
     try:
         settings = load_settings(args.config)
-        _configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format, settings.log_levels)
+        if args.command == "healthcheck":
+            return _healthcheck(settings, ready=args.ready)
         if args.command == "redrive":
             return _run_async(_redrive, settings, args.dead_letter_queue, args.to, args.max)
         router = build_router(settings)
@@ -85,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="consume the queues until SIGINT/SIGTERM")
     commands.add_parser("check", help="validate settings, reach the queues, list the routes")
     commands.add_parser("handlers", help="list registered message types and their origin")
+    healthcheck = commands.add_parser(
+        "healthcheck", help="exit 0 if the running broker is live (--ready: ready), else 1"
+    )
+    healthcheck.add_argument("--ready", action="store_true", help="check /readyz, not /livez")
     redrive = commands.add_parser(
         "redrive", help="move dead-lettered messages back to the queue they came from"
     )
@@ -99,13 +110,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # botocore logs request details (tokens included) at DEBUG: keep it quieter.
-    for noisy in ("botocore", "aiobotocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+def _healthcheck(settings: BrokerSettings, *, ready: bool) -> int:
+    """Ask the running broker's /livez (or /readyz): for HEALTHCHECK and ECS checks."""
+    if not settings.http_port:
+        print(
+            f"broker: {ENV_PREFIX}HTTP_PORT is {settings.http_port}: set the port the "
+            "running broker listens on",
+            file=sys.stderr,
+        )
+        return 2
+    url = f"http://127.0.0.1:{settings.http_port}/{'readyz' if ready else 'livez'}"
+    try:
+        with urllib.request.urlopen(url, timeout=_HEALTHCHECK_TIMEOUT_S) as reply:
+            print(reply.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode().strip())
+    except OSError as exc:
+        print(f"broker: {url}: {exc}", file=sys.stderr)
+    return 1
 
 
 def event_loop_options() -> dict[str, Any]:

@@ -528,11 +528,15 @@ class TestBroker:
         sqs: FakeSqs | None = None,
         sfn: FakeSfn | None = None,
     ) -> None:
-        self.settings = settings or BrokerSettings(
+        settings = settings or BrokerSettings(
             queues=(QueueSettings(name="tasks", wait_time_s=1),),
             entry_points=False,
             delete_linger_s=0.01,
         )
+        if "http_port" not in settings.model_fields_set:
+            # Many test brokers run at once: no HTTP server unless a test asks for one.
+            settings = settings.model_copy(update={"http_port": None})
+        self.settings = settings
         self.sqs = sqs or FakeSqs()
         self.sfn = sfn or FakeSfn()
         for queue in self.settings.queues:

@@ -11,6 +11,8 @@ from pathlib import Path
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without BROKER_*/AWS_* variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
+    # Any free port for /livez /readyz /metrics: tests run brokers side by side.
+    env["BROKER_HTTP_PORT"] = "0"
     env.update(extra)
     return env
 

@@ -208,6 +208,7 @@ def broker_env(endpoint_url: str) -> dict[str, str]:
             "BROKER_RETRY_MAX_DELAY_S": "2",
             "BROKER_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
             "BROKER_LOG_LEVEL": "INFO",
+            "BROKER_HTTP_PORT": "0",
         }
     )
     return env

@@ -46,6 +46,7 @@ def settings_for(aws: EmbeddedAws, *queues: QueueSettings, **overrides: Any) -> 
         aws_region=aws.region,
         aws_endpoint_url=aws.endpoint_url,
         delete_linger_s=0.02,
+        http_port=0,
         **overrides,
     )
 

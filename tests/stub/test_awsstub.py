@@ -424,6 +424,7 @@ async def test_broker_completes_stub_tasks_without_duplicates(
         aws_region="us-east-1",
         aws_endpoint_url=stub.endpoint_url,
         delete_linger_s=0.01,
+        http_port=None,
     )
     broker = Broker(settings, seed_router)
     async with anyio.create_task_group() as tg:

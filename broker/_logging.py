@@ -1,0 +1,96 @@
+"""Logging set-up: JSON lines for containers, readable text on a terminal.
+
+Every record passes through one redaction step, so a task token that slipped into a
+message or an exception (botocore includes request parameters in some errors) is
+replaced by its short hash before it is written anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, TextIO
+
+import orjson
+
+from ._redact import token_ref
+
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "redact_tokens"]
+
+#: Attributes of every LogRecord; anything else on a record is an ``extra=`` field.
+_STANDARD_FIELDS: Final = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+# Step Functions tokens are long base64-ish strings (hundreds of characters).  Anything
+# that long in a log line is treated as a token: a false positive only shortens a blob.
+_LONG_SECRET: Final = re.compile(r"[A-Za-z0-9+/_\-]{120,}={0,2}")
+_COLOURS: Final = {"WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m"}
+
+
+def redact_tokens(text: str) -> str:
+    return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_FIELDS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_tokens(record.getMessage()),
+        }
+        for key, value in _fields(record).items():
+            event[key] = redact_tokens(value) if isinstance(value, str) else value
+        if record.exc_info:
+            event["exception"] = redact_tokens(self.formatException(record.exc_info))
+        return orjson.dumps(event, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text, coloured by level on a terminal, ``extra`` fields as key=value."""
+
+    def __init__(self, colour: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self._colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = redact_tokens(super().format(record))
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if extra:
+            line = f"{line} [{redact_tokens(extra)}]"
+        colour = _COLOURS.get(record.levelname) if self._colour else None
+        return f"{colour}{line}\033[0m" if colour else line
+
+
+def configure_logging(
+    level: str,
+    log_format: str = "auto",
+    levels: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Install one handler on the root logger (replacing earlier ones)."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    use_json = log_format == "json" or (log_format == "auto" and not tty)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter(colour=tty))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # botocore logs request details (tokens included) at DEBUG: keep it quieter unless
+    # a per-logger level says otherwise.
+    for noisy in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    for name, name_level in (levels or {}).items():
+        logging.getLogger(name).setLevel(name_level.upper())

@@ -1,0 +1,229 @@
+"""Health, readiness, metrics and structured logs, on the fakes, over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker import BrokerSettings, QueueSettings, Router, Task, TaskFailed
+from broker._logging import configure_logging, redact_tokens
+from broker._metrics import METRIC_NAMES
+from broker._redact import token_ref
+from broker.testing import FakeSqs, TestBroker, client_error
+
+from .conftest import make_settings
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reply = b""
+        try:
+            while True:
+                reply += await stream.receive()
+        except anyio.EndOfStream:
+            pass
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(found: dict[Any, float], name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def router() -> Router:
+    r = Router()
+
+    @r.handler("ok")
+    async def ok(task: Task[Any]) -> str:
+        return "fine"
+
+    @r.handler("no")
+    async def no(task: Task[Any]) -> None:
+        raise TaskFailed("Order.Rejected", "no")
+
+    return r
+
+
+def http_settings(**overrides: Any) -> BrokerSettings:
+    queue = QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq")
+    return make_settings(queue, http_port=0, http_host="127.0.0.1", **overrides)
+
+
+async def test_metrics_count_what_happened_with_bounded_labels() -> None:
+    async with TestBroker(router(), http_settings()) as tb:
+        assert tb.broker.http_port
+        for _ in range(3):
+            await tb.start_task({}, message_type="ok")
+        await tb.start_task({}, message_type="no")
+        await tb.start_task({}, message_type="a-type-nobody-registered")
+        tb.sqs.put("tasks", "{not json")
+        await tb.wait_idle()
+        status, body = await http_get(tb.broker.http_port, "/metrics")
+    assert status == 200
+    found = samples(body)
+    families = {family.name for family in text_string_to_metric_families(body.decode())}
+    # The parser drops "_total" from counter family names.
+    assert {name.removesuffix("_total") for name in METRIC_NAMES} <= families
+    total = "broker_messages_total"
+    assert value(found, total, queue="tasks", type="ok", outcome="succeeded") == 3
+    assert value(found, total, queue="tasks", type="no", outcome="failed") == 1
+    # The raw type of a message is not a label value: it could be anything.
+    assert value(found, total, queue="tasks", type="unknown", outcome="unknown_type") == 1
+    assert value(found, total, queue="tasks", type="none", outcome="poison") == 1
+    assert value(found, "broker_messages_received_total", queue="tasks") == 6
+    assert value(found, "broker_handler_duration_seconds_count", type="ok") == 3
+    assert value(found, "broker_aws_call_duration_seconds_count", api="SendTaskSuccess") == 3
+    assert value(found, "broker_aws_call_duration_seconds_count", api="SendTaskFailure") == 2
+    assert value(found, "broker_delete_batch_size_count") >= 1
+    assert value(found, "broker_delete_batch_size_sum") == 6
+    assert value(found, "broker_ready") == 1
+    assert value(found, "broker_free_slots", queue="tasks") == 64
+    assert "tok:" not in body.decode()
+
+
+async def test_throttles_and_errors_are_counted_by_api_and_code() -> None:
+    async with TestBroker(router(), http_settings()) as tb:
+        tb.sfn.fail_next("send_task_success", client_error("ThrottlingException"), times=2)
+        await tb.start_task({}, message_type="ok")
+        await tb.wait_idle()
+        assert tb.broker.http_port
+        _, body = await http_get(tb.broker.http_port, "/metrics")
+    found = samples(body)
+    errors = "broker_aws_call_errors_total"
+    assert value(found, errors, api="SendTaskSuccess", code="ThrottlingException") == 2
+    assert value(found, "broker_throttles_total", api="SendTaskSuccess") == 2
+
+
+async def test_readiness_goes_false_first_when_the_drain_starts() -> None:
+    release = anyio.Event()
+    r = Router()
+
+    @r.handler("hold")
+    async def hold(task: Task[Any]) -> str:
+        await release.wait()
+        return "done"
+
+    async with TestBroker(r, http_settings()) as tb:
+        port = tb.broker.http_port
+        assert port
+        assert (await http_get(port, "/readyz"))[0] == 200
+        token = await tb.start_task({}, message_type="hold")
+        with anyio.fail_after(5):
+            while not tb.broker.in_flight:
+                await anyio.sleep(0.01)
+        tb.broker.request_stop()
+        status, body = await http_get(port, "/readyz")
+        assert (status, orjson.loads(body)["checks"]["state"]) == (503, "draining")
+        # Still alive while it drains: the orchestrator must not kill it early.
+        assert (await http_get(port, "/livez"))[0] == 200
+        _, metrics = await http_get(port, "/metrics")
+        assert value(samples(metrics), "broker_draining") == 1
+        release.set()
+    assert tb.sfn.outcomes[token].output == "done"
+
+
+async def test_liveness_fails_when_a_poller_gets_no_answer() -> None:
+    sqs = FakeSqs()
+    async with TestBroker(router(), http_settings(), sqs=sqs) as tb:
+        port = tb.broker.http_port
+        assert port
+        assert (await http_get(port, "/livez"))[0] == 200
+        sqs.latency_s = 3600  # every call hangs: the next ReceiveMessage never returns
+        [consumer] = tb.broker.consumers
+        with anyio.fail_after(5):
+            while consumer._receiving_since is None:
+                await anyio.sleep(0.01)
+        # Pretend the hung receive started long ago, past the SDK's own timeouts.
+        consumer._receiving_since -= 120
+        status, body = await http_get(port, "/livez")
+        assert status == 503
+        assert "poller tasks" in orjson.loads(body)["checks"]
+        sqs.latency_s = 0
+
+
+async def test_readiness_reports_a_queue_whose_receives_keep_failing() -> None:
+    async with TestBroker(router(), http_settings()) as tb:
+        port = tb.broker.http_port
+        assert port
+        tb.sqs.fail_next("receive_message", client_error("AccessDenied"), times=3)
+        with anyio.fail_after(15):
+            while (await http_get(port, "/readyz"))[0] == 200:
+                await anyio.sleep(0.05)
+        _, body = await http_get(port, "/readyz")
+        assert orjson.loads(body)["checks"]["queue tasks"] == "ReceiveMessage failing"
+        with anyio.fail_after(20):
+            while (await http_get(port, "/readyz"))[0] != 200:
+                await anyio.sleep(0.1)
+
+
+async def test_unknown_paths_and_methods() -> None:
+    async with TestBroker(router(), http_settings()) as tb:
+        port = tb.broker.http_port
+        assert port
+        assert (await http_get(port, "/nope"))[0] == 404
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"POST /livez HTTP/1.1\r\n\r\n")
+            assert (await stream.receive()).startswith(b"HTTP/1.1 405")
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    configure_logging("INFO", "json", stream=buffer)
+    yield buffer
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+async def test_one_json_event_per_outcome_and_no_token_anywhere(json_logs: io.StringIO) -> None:
+    r = router()
+
+    @r.handler("leaky")
+    async def leaky(task: Task[Any]) -> None:
+        # A careless handler: the token ends up in its exception message.
+        raise RuntimeError(f"could not complete {task.token}")
+
+    async with TestBroker(r, http_settings(max_attempts=1)) as tb:
+        tokens = [await tb.start_task({}, message_type=t) for t in ("ok", "no", "leaky")]
+        await tb.wait_idle()
+    lines = [orjson.loads(line) for line in json_logs.getvalue().splitlines()]
+    events = {e["type"]: e for e in lines if e.get("event") == "outcome"}
+    assert set(events) == {"ok", "no", "leaky"}
+    assert events["ok"]["outcome"] == "succeeded"
+    assert events["no"]["error"] == "Order.Rejected"
+    assert events["leaky"]["outcome"] == "exhausted"
+    assert events["leaky"]["error"] == "RuntimeError"
+    for event in events.values():
+        assert event["queue"] == "tasks"
+        assert event["receive_count"] == 1
+        assert event["message_id"].startswith("m-")
+        assert event["duration_ms"] >= 0
+    text = json_logs.getvalue()
+    for token in tokens:
+        assert token not in text
+
+
+def test_long_secrets_are_replaced_by_their_reference() -> None:
+    token = "AQCEAAAAKgAAAAMAAAAA" + "x" * 400
+    assert redact_tokens(f"token={token} end") == f"token={token_ref(token)} end"
+    assert redact_tokens("queue https://sqs.us-east-1.amazonaws.com/1/q") == (
+        "queue https://sqs.us-east-1.amazonaws.com/1/q"
+    )
