@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run check test unit integration faults localstack localstack-stop lint format clean
+.PHONY: install demo run check test unit integration faults localstack localstack-stop lint format clean bench bench-stub bench-deps
 
 install: $(STAMP)
 
@@ -41,6 +41,27 @@ integration: install
 ## faults: the fault-injection suite alone, figure table printed (FAULT_TASKS=N to change its size)
 faults: install
 	$(BIN)/pytest -q -s -m faults tests/faults
+
+## bench: the broker side by side with the seed loop, a thread pool and bbc/sqs-consumer on the
+## loopback stub; table, JSON and chart in bench/results/ (FULL=1: 3 rounds, longer, 100k growth)
+BENCH_STAMP := $(VENV)/.bench-installed
+NODE_STAMP  := bench/node/node_modules/.package-lock.json
+
+bench: bench-deps
+	$(BIN)/python bench/run.py $(if $(FULL),--full)
+
+## bench-stub: the stub's own capacity (calls/s with a raw-socket load generator)
+bench-stub: bench-deps
+	$(BIN)/python bench/stub_capacity.py
+
+bench-deps: install $(BENCH_STAMP) $(NODE_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+$(NODE_STAMP): bench/node/package.json bench/node/package-lock.json
+	cd bench/node && npm ci --no-audit --no-fund
 
 ## localstack: LocalStack on 127.0.0.1:4566 without Docker, in its own Python 3.13
 ## virtualenv under .localstack/ (installed on first use); returns once it is healthy

@@ -1,0 +1,1 @@
+"""The consumers the benchmark runs, each as its own process (see bench/run.py)."""

@@ -1,0 +1,165 @@
+"""The floor: client CPU per bare ``send_task_success`` call of a Python SDK, on the stub.
+
+    .venv/bin/python bench/floor.py --sdk aiobotocore|boto3 [--calls 2000] [--profile]
+
+Reads open tokens from the stub's control endpoint (``BENCH_ENDPOINT``), warms the
+client up, then calls ``send_task_success`` one at a time and prints one JSON line:
+calls, CPU ms per call (process user+sys), calls/s.  ``--no-validation`` turns botocore's
+parameter validation off.  With ``--profile`` it also prints where the CPU of one call
+goes, by component (cProfile, own time of each function, grouped by module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import resource
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+OUTPUT = json.dumps({"body": "Return from callback"})
+WARMUP = 50
+
+# Module path fragments → the component a profile line is charged to (first match wins).
+COMPONENTS = (
+    ("botocore/useragent", "botocore: user-agent string"),
+    ("botocore/auth", "botocore: SigV4 signing"),
+    ("botocore/signers", "botocore: SigV4 signing"),
+    ("botocore/validate", "botocore: parameter validation"),
+    ("botocore/serialize", "botocore: request serialization"),
+    ("botocore/parsers", "botocore: response parsing"),
+    ("botocore/regions", "botocore: endpoint resolution"),
+    ("botocore/endpoint_provider", "botocore: endpoint resolution"),
+    ("botocore/hooks", "botocore: event hooks"),
+    ("botocore/handlers", "botocore: event hooks"),
+    ("botocore/retries", "botocore: retries"),
+    ("botocore/awsrequest", "botocore: request objects"),
+    ("botocore/", "botocore: other"),
+    ("aiobotocore/", "aiobotocore"),
+    ("aiohttp/", "aiohttp (HTTP client)"),
+    ("yarl/", "aiohttp (HTTP client)"),
+    ("multidict/", "aiohttp (HTTP client)"),
+    ("asyncio/", "event loop"),
+    ("uvloop", "event loop"),
+    ("urllib3/", "urllib3 (HTTP client)"),
+    ("http/client", "urllib3 (HTTP client)"),
+    ("json/", "json"),
+    ("/email/", "botocore: headers (stdlib email)"),
+)
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def open_tokens(endpoint: str, count: int) -> list[str]:
+    with urllib.request.urlopen(f"{endpoint}/_stub/tasks", timeout=30) as reply:  # noqa: S310
+        tasks = json.loads(reply.read())
+    tokens = [token for token, task in tasks.items() if task["status"] == "open"]
+    if len(tokens) < count + WARMUP:
+        raise SystemExit(f"the stub has {len(tokens)} open tokens, {count + WARMUP} needed")
+    return tokens[: count + WARMUP]
+
+
+def boto3_calls(endpoint: str, tokens: list[str], validation: bool) -> Callable[[], None]:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(parameter_validation=validation)
+    sfn = boto3.session.Session(region_name="us-east-1").client(
+        "stepfunctions", endpoint_url=endpoint, config=config
+    )
+    for token in tokens[:WARMUP]:
+        sfn.send_task_success(taskToken=token, output=OUTPUT)
+
+    def run() -> None:
+        for token in tokens[WARMUP:]:
+            sfn.send_task_success(taskToken=token, output=OUTPUT)
+
+    return run
+
+
+def aiobotocore_calls(endpoint: str, tokens: list[str], validation: bool) -> Callable[[], None]:
+    import aioboto3
+    import uvloop
+    from aiobotocore.config import AioConfig
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    config = AioConfig(parameter_validation=validation)
+    session = aioboto3.Session(region_name="us-east-1")
+    context = session.client("stepfunctions", endpoint_url=endpoint, config=config)
+    sfn: Any = loop.run_until_complete(context.__aenter__())
+
+    async def calls(batch: list[str]) -> None:
+        for token in batch:
+            await sfn.send_task_success(taskToken=token, output=OUTPUT)
+
+    loop.run_until_complete(calls(tokens[:WARMUP]))
+
+    def run() -> None:
+        loop.run_until_complete(calls(tokens[WARMUP:]))
+
+    return run
+
+
+def breakdown(profile: cProfile.Profile, calls: int) -> list[tuple[str, float]]:
+    """Own (tottime) CPU ms per call by component, largest first."""
+    stats = pstats.Stats(profile)
+    totals: dict[str, float] = {}
+    for (filename, _, _function), row in stats.stats.items():  # type: ignore[attr-defined]
+        own_s = row[2]
+        where = filename.replace("\\", "/")
+        component = next((name for key, name in COMPONENTS if key in where), None)
+        if component is None:
+            # "~" is cProfile's file name for C functions (socket, hashing, str methods).
+            component = "C builtins" if where == "~" else "other Python"
+        totals[component] = totals.get(component, 0.0) + own_s
+    return sorted(((k, 1000 * v / calls) for k, v in totals.items()), key=lambda kv: -kv[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sdk", choices=("aiobotocore", "boto3"), required=True)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--no-validation", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    endpoint = os.environ["BENCH_ENDPOINT"]
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "x")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "x")
+    tokens = open_tokens(endpoint, args.calls)
+    build = aiobotocore_calls if args.sdk == "aiobotocore" else boto3_calls
+    run = build(endpoint, tokens, not args.no_validation)
+    profile = cProfile.Profile(time.process_time) if args.profile else None
+    cpu0, wall0 = cpu_s(), time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    run()
+    if profile is not None:
+        profile.disable()
+    cpu, wall = cpu_s() - cpu0, time.perf_counter() - wall0
+    result = {
+        "sdk": args.sdk,
+        "validation": not args.no_validation,
+        "calls": args.calls,
+        "cpu_ms_per_call": 1000 * cpu / args.calls,
+        "calls_per_s": args.calls / wall,
+    }
+    if profile is not None:
+        # Profiling inflates the total; the shares are what is worth reading.
+        result["profile_ms_per_call"] = dict(breakdown(profile, args.calls))
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
