@@ -16,7 +16,7 @@ from typing import Any, Final
 import anyio
 from pydantic import ValidationError
 
-from ._aws import SqsApi, error_code
+from ._aws import ErrorKind, SqsApi, classify, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
 from ._errors import ErrorName, NonRetryable, RetryLater
@@ -41,7 +41,10 @@ __all__ = ["MAX_OUTPUT_BYTES", "MessageProcessor", "ProcessingDefaults", "encode
 
 log = logging.getLogger("broker.processing")
 
-_DLQ_ATTRIBUTE_LIMIT: Final = 10  # SQS allows at most 10 message attributes
+_DLQ_ATTRIBUTE_LIMIT: Final = 10
+#: Tries of one dead-letter copy on throttling/5xx/network errors (on top of botocore's).
+_DLQ_ATTEMPTS: Final = 4
+_DLQ_BACKOFF_S: Final = 0.1  # SQS allows at most 10 message attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +276,12 @@ class MessageProcessor:
             token_ref(token),
         )
         confirmation = await self._completer.fail(token, error, cause)
-        if confirmation.settled:
-            await self._dead_letter(queue, message, "AttemptsExhausted", f"{error}: {cause}")
+        if confirmation.settled and queue.dead_letter_url is not None:
+            detail = f"{error}: {cause}"
+            if not await self._dead_letter(queue, message, "AttemptsExhausted", detail):
+                # The task is failed, but the copy is what an operator re-drives: keep
+                # the message, so that its next delivery makes the copy.
+                return Outcome.EXHAUSTED
         return await self._after_completion(queue, message, token, confirmation, Outcome.EXHAUSTED)
 
     def _retry_delay_s(self, receive_count: int) -> int:
@@ -404,16 +411,23 @@ class MessageProcessor:
         if queue.dead_letter_url.endswith(".fifo"):
             params["MessageGroupId"] = message.group_id or "broker-dead-letters"
             params["MessageDeduplicationId"] = message.message_id
-        try:
-            await self._sqs.send_message(**params)
-        except Exception as exc:  # noqa: BLE001 - the message stays; logged
-            log.error(
-                "copy of message %s to the dead-letter queue failed (%s); kept for redelivery",
-                message.message_id,
-                error_code(exc) or type(exc).__name__,
-            )
-            return False
-        return True
+        attempt = 1
+        while True:
+            try:
+                await self._sqs.send_message(**params)
+            except Exception as exc:  # noqa: BLE001 - the message stays; logged
+                if attempt < _DLQ_ATTEMPTS and classify(exc) is ErrorKind.TRANSIENT:
+                    await anyio.sleep(random.uniform(0, _DLQ_BACKOFF_S * 2**attempt))
+                    attempt += 1
+                    continue
+                log.error(
+                    "copy of message %s to the dead-letter queue failed (%s); kept for redelivery",
+                    message.message_id,
+                    error_code(exc) or type(exc).__name__,
+                )
+                return False
+            else:
+                return True
 
     async def _change_visibility(
         self, queue: QueueRuntime, message: ReceivedMessage, delay_s: int

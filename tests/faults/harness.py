@@ -101,6 +101,8 @@ class Report:
     left_in_queue: int
     dead_letters: dict[str, int]
     dead_letter_problems: list[str]
+    #: Distinct messages with a copy (a copy made just before a kill is made again).
+    dead_lettered_messages: int
     drop_after_completions: int
     final_exit_code: int | None
     stop_s: float
@@ -119,7 +121,10 @@ class Report:
             ("broker SIGKILLs / starts", f"{self.kills} / {self.broker_starts}"),
             ("redeliveries (receives with count > 1)", self.redeliveries),
             ("duplicate completions (answered task closed)", self.duplicates),
-            ("dead-letter copies", sum(self.dead_letters.values())),
+            (
+                "dead-letter copies / messages dead-lettered",
+                f"{sum(self.dead_letters.values())} / {self.dead_lettered_messages}",
+            ),
             ("wrong outcomes", len(self.wrong)),
             ("lost (message gone, task open)", self.lost),
             ("stuck (task open at the end)", self.stuck),
@@ -403,6 +408,7 @@ def run(
         left_in_queue=_queue_depth(stats, QUEUE),
         dead_letters=dict(reasons),
         dead_letter_problems=dead_letter_problems,
+        dead_lettered_messages=len(copies),
         drop_after_completions=drop_after_completions,
         final_exit_code=code,
         stop_s=stop_s,
@@ -423,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     args.log.write_bytes(b"")
     report = run(tasks=args.tasks, kills=args.kills, seed=args.seed, log_path=args.log)
     print(report.table())
+    for problem in [*report.wrong, *report.dead_letter_problems]:
+        print("PROBLEM:", problem)
     ok = not (report.wrong or report.stuck or report.lost or report.left_in_queue)
     return 0 if ok and not report.dead_letter_problems else 1
 

@@ -173,6 +173,52 @@ async def test_exhausted_attempts_fail_with_the_exception_name_and_dead_letter()
     assert tb.sqs.count("tasks") == 0
 
 
+async def test_a_throttled_dead_letter_copy_is_retried() -> None:
+    settings = make_settings(
+        QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"), max_attempts=1
+    )
+
+    async def broken(task: Task[Any]) -> None:
+        raise KeyError("customer 17")
+
+    sqs = FakeSqs()
+    sqs.fail_next("send_message", client_error("ThrottlingException"), times=2)
+    async with TestBroker(router_with(broken=broken), settings, sqs=sqs) as tb:
+        await tb.start_task({}, message_type="broken")
+        await tb.wait_idle()
+    [copy] = tb.sqs.messages("dlq")
+    assert copy.attributes["broker.reason"]["StringValue"] == "AttemptsExhausted"
+    assert tb.sqs.count("tasks") == 0
+
+
+async def test_an_exhausted_message_is_kept_until_its_dead_letter_copy_is_made() -> None:
+    settings = make_settings(
+        QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"), max_attempts=1
+    )
+    runs = 0
+
+    async def broken(task: Task[Any]) -> None:
+        nonlocal runs
+        runs += 1
+        raise KeyError("customer 17")
+
+    sqs = FakeSqs()
+    sqs.create_queue("tasks", visibility_timeout_s=1)
+    sqs.fail_next("send_message", client_error("AccessDenied"))
+    async with TestBroker(router_with(broken=broken), settings, sqs=sqs) as tb:
+        token = await tb.start_task({}, message_type="broken")
+        with anyio.fail_after(10):
+            while tb.sqs.count("dlq") == 0:
+                await anyio.sleep(0.05)
+        await tb.wait_idle()
+    # Failed at once; the copy failed, so the message came back and the copy was made then.
+    assert tb.sfn.outcomes[token].error == "KeyError"
+    assert runs == 2
+    [copy] = tb.sqs.messages("dlq")
+    assert copy.attributes["broker.receive_count"]["StringValue"] == "2"
+    assert tb.sqs.count("tasks") == 0
+
+
 async def test_non_retryable_exception_fails_at_once() -> None:
     class BadRequest(NonRetryable, ValueError):
         pass
