@@ -125,6 +125,11 @@ class ActivityPoller:
         """Tasks received and not yet settled."""
         return self._processing
 
+    @property
+    def polling(self) -> bool:
+        """A GetActivityTask call is open."""
+        return self._polling
+
     def stop(self) -> None:
         """Start no more polls.  A poll in flight is left to return; waiting stops now."""
         self._stopping = True
@@ -165,6 +170,14 @@ class ActivityPoller:
             return await self._sfn.get_activity_task(
                 activityArn=self.activity.arn, workerName=self.activity.worker_name
             )
+        except anyio.get_cancelled_exc_class():
+            if self._stopping:
+                log.info(
+                    "activity %s: poll cut off at the end of the grace period; a task it "
+                    "was being handed (unlikely) waits for its heartbeat/timeout",
+                    self.activity.name,
+                )
+            raise
         finally:
             self._polling = False
 

@@ -12,6 +12,7 @@ from typing import Any, Final, cast
 
 from ._aws import AwsClients, ErrorKind, SfnApi, SqsApi, classify, error_code
 from ._stats import Stats
+from ._tracing import Tracer
 
 __all__ = ["instrument"]
 
@@ -37,13 +38,14 @@ def _api_name(method: str) -> str:
     return _API_NAMES.get(method) or "".join(part.title() for part in method.split("_"))
 
 
-def _measured(stats: Stats, api: str, call: _Call) -> _Call:
+def _measured(stats: Stats, tracer: Tracer, api: str, call: _Call) -> _Call:
     seconds = stats.aws_seconds[api]
 
     async def measured_call(**params: Any) -> Mapping[str, Any]:
         started = time.perf_counter()
         try:
-            result = await call(**params)
+            with tracer.span(api, **{"rpc.system": "aws-api", "rpc.method": api}):
+                result = await call(**params)
         except BaseException as exc:
             seconds.observe(time.perf_counter() - started)
             if isinstance(exc, Exception):
@@ -72,23 +74,24 @@ def _count_error(stats: Stats, api: str, exc: Exception) -> None:
 class _Instrumented:
     """Any client, with each awaited call measured.  Attributes are wrapped once."""
 
-    def __init__(self, client: object, stats: Stats) -> None:
+    def __init__(self, client: object, stats: Stats, tracer: Tracer) -> None:
         self._client = client
         self._stats = stats
+        self._tracer = tracer
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
         if name.startswith("_") or not callable(attribute):
             return attribute
-        wrapped = _measured(self._stats, _api_name(name), attribute)
+        wrapped = _measured(self._stats, self._tracer, _api_name(name), attribute)
         setattr(self, name, wrapped)  # cache: later lookups skip __getattr__
         return wrapped
 
 
-def instrument(clients: AwsClients, stats: Stats) -> AwsClients:
+def instrument(clients: AwsClients, stats: Stats, tracer: Tracer) -> AwsClients:
     poll = clients.sfn_poll
     return AwsClients(
-        sqs=cast(SqsApi, _Instrumented(clients.sqs, stats)),
-        sfn=cast(SfnApi, _Instrumented(clients.sfn, stats)),
-        sfn_poll=None if poll is None else cast(SfnApi, _Instrumented(poll, stats)),
+        sqs=cast(SqsApi, _Instrumented(clients.sqs, stats, tracer)),
+        sfn=cast(SfnApi, _Instrumented(clients.sfn, stats, tracer)),
+        sfn_poll=None if poll is None else cast(SfnApi, _Instrumented(poll, stats, tracer)),
     )

@@ -5,17 +5,26 @@ module only talks to it: ``localstack_health`` says whether it is up, ``LocalSta
 gives the ``AwsEndpoint`` the seed-flow helpers of ``_emulator`` deploy to, and
 ``deploy_activity_flow`` creates the activity seed's state machine, which moto cannot run
 (it has no GetActivityTask).
+
+``python -m broker._localstack deploy`` deploys every seed flow to LocalStack and prints
+the settings for ``broker run`` as ``export`` lines; ``python -m broker._localstack start
+FLOW INPUT`` runs one execution and prints how it ended (README, "Run against LocalStack").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
+import sys
 import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Final
+
+from ._emulator import _put_state_machine, deploy_seed_flows, start_executions, wait_for_executions
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -29,8 +38,7 @@ __all__ = [
 DEFAULT_ENDPOINT: Final = "http://127.0.0.1:4566"
 _REQUIRED_SERVICES: Final = ("sqs", "stepfunctions")
 _CREDENTIALS: Final = "test"  # LocalStack accepts any credentials
-# LocalStack does not check roles; CreateStateMachine still requires one.
-_ROLE_ARN: Final = "arn:aws:iam::000000000000:role/sfn-callback-broker-local"
+_PREFIX: Final = "local"
 # Loopback only: a proxy from the environment must never see emulator traffic.
 _LOOPBACK_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -117,6 +125,7 @@ def deploy_activity_flow(
     fails the execution with ``States.Timeout``.
     """
     sfn = aws.client("stepfunctions")
+    # Both calls are idempotent, so deploying again is safe.
     activity_arn: str = sfn.create_activity(name=name)["activityArn"]
     task: dict[str, Any] = {
         "Type": "Task",
@@ -127,7 +136,62 @@ def deploy_activity_flow(
     if heartbeat_s is not None:
         task["HeartbeatSeconds"] = heartbeat_s
     definition = {"StartAt": "TestActivity", "States": {"TestActivity": task}}
-    machine_arn: str = sfn.create_state_machine(
-        name=name, definition=json.dumps(definition), roleArn=_ROLE_ARN
-    )["stateMachineArn"]
+    machine_arn = _put_state_machine(sfn, name, json.dumps(definition))
     return ActivityFlow(activity_arn=activity_arn, state_machine_arn=machine_arn)
+
+
+def _deploy(aws: LocalStackAws) -> dict[str, str]:
+    """Every seed flow, under fixed names; the settings that serve them."""
+    flows = deploy_seed_flows(aws, prefix=_PREFIX)
+    deploy_activity_flow(aws, name=f"{_PREFIX}-activity", heartbeat_s=60)
+    # By name: the broker resolves them, as it would on AWS.
+    names = {flow: url.rsplit("/", 1)[-1] for flow, url in flows.queues.items()}
+    queues = [
+        {"name": names["callback"], "default_handler": "callback"},
+        {"name": names["verification"], "default_handler": "verify"},
+        {"name": names["transactions"]},
+    ]
+    activities = [{"name": f"{_PREFIX}-activity", "handler": "verify"}]
+    return {
+        **aws.env(),
+        "BROKER_HANDLERS": json.dumps(["handlers.seeds:router"]),
+        "BROKER_QUEUES": json.dumps(queues),
+        "BROKER_ACTIVITIES": json.dumps(activities),
+    }
+
+
+def _start(aws: LocalStackAws, flow: str, execution_input: Any, timeout_s: float) -> int:
+    machine = f"arn:aws:states:{aws.region}:000000000000:stateMachine:{_PREFIX}-{flow}"
+    (arn,) = start_executions(aws, machine, [execution_input], name_prefix=flow)
+    result = wait_for_executions(aws, [arn], timeout_s=timeout_s)[arn]
+    outcome = {"status": result.status, "output": result.output}
+    if result.error is not None:
+        outcome |= {"error": result.error, "cause": result.cause}
+    print(json.dumps(outcome))
+    return 0 if result.status in ("SUCCEEDED", "FAILED") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m broker._localstack")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("deploy", help="deploy the seed flows; print the settings to export")
+    start = commands.add_parser("start", help="run one execution of a seed flow and wait")
+    start.add_argument("flow", choices=["callback", "verification", "transactions", "activity"])
+    start.add_argument("input", help="the execution input, JSON")
+    start.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    endpoint = localstack_endpoint()
+    problem = localstack_health(endpoint)
+    if problem is not None:
+        print(f"{problem}; start it with `make localstack`", file=sys.stderr)
+        return 1
+    aws = LocalStackAws(endpoint)
+    if args.command == "deploy":
+        for name, value in _deploy(aws).items():
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
+    return _start(aws, args.flow, json.loads(args.input), args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

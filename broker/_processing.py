@@ -36,6 +36,7 @@ from ._redact import token_ref
 from ._router import Route, Router
 from ._stats import Outcome, Stats
 from ._task import Task
+from ._tracing import Tracer, annotate
 
 __all__ = ["MAX_OUTPUT_BYTES", "MessageProcessor", "ProcessingDefaults", "encode_output"]
 
@@ -78,7 +79,9 @@ class MessageProcessor:
         sqs: SqsApi,
         stats: Stats,
         defaults: ProcessingDefaults,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or Tracer(None)
         self._router = router
         self._completer = completer
         self._sqs = sqs
@@ -87,9 +90,19 @@ class MessageProcessor:
         self._in_flight: dict[str, _InFlight] = {}
 
     async def process(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
-        with message_record(queue.name, message.message_id, message.receive_count) as record:
+        with (
+            message_record(queue.name, message.message_id, message.receive_count) as record,
+            self._tracer.message_span(queue.name, message.message_id, message.attributes) as span,
+        ):
             outcome = await self._decide(queue, message)
             settled(record, outcome, self._stats)
+            annotate(
+                span,
+                type=record.message_type,
+                outcome=outcome.value,
+                error=record.error,
+                receive_count=message.receive_count,
+            )
         return outcome
 
     async def _decide(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
@@ -157,7 +170,8 @@ class MessageProcessor:
             _send_heartbeat=lambda: self._heartbeat(parsed.token),
         )
         started = anyio.current_time()
-        result = await self._run_supervised(queue, message, route, task)
+        with self._tracer.span(f"handler {route.message_type}"):
+            result = await self._run_supervised(queue, message, route, task)
         self._stats.handler_seconds[route.message_type].observe(anyio.current_time() - started)
         return await self._settle(queue, message, route, parsed, result)
 

@@ -36,6 +36,7 @@ from ._processing import MessageProcessor, ProcessingDefaults
 from ._router import Router
 from ._settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from ._stats import Outcome, Stats
+from ._tracing import Tracer
 
 __all__ = ["Broker", "resolve_queue_url"]
 
@@ -52,7 +53,8 @@ ClientFactory = Callable[[BrokerSettings], AbstractAsyncContextManager[AwsClient
 class Broker:
     """Consume the configured queues with the handlers of ``router`` until stopped.
 
-    ``clients`` is the transport seam: tests pass a factory yielding fakes.
+    ``clients`` is the transport seam: tests pass a factory yielding fakes.  ``tracer``
+    defaults to what the OTEL_* environment asks for (docs/operations.md).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Broker:
         router: Router,
         *,
         clients: ClientFactory = open_clients,
+        tracer: Tracer | None = None,
     ) -> None:
         if not settings.queues and not settings.activities:
             raise ConfigError("BROKER_QUEUES: no queue configured (and no BROKER_ACTIVITIES)")
@@ -68,6 +71,7 @@ class Broker:
         self.settings = settings
         self.router = router
         self.stats = Stats()
+        self.tracer = tracer if tracer is not None else Tracer.from_environment()
         self._clients = clients
         self._stop: anyio.Event | None = None
         self._stop_requested = False
@@ -112,7 +116,7 @@ class Broker:
     async def _run(self, task_status: TaskStatus[None]) -> None:
         settings = self.settings
         async with self._clients(settings) as raw_clients:
-            clients = instrument(raw_clients, self.stats)
+            clients = instrument(raw_clients, self.stats, self.tracer)
             queues = [await self._open_queue(clients.sqs, q) for q in settings.queues]
             completer = Completer(
                 clients.sfn,
@@ -132,6 +136,7 @@ class Broker:
                     retry_base_delay_s=settings.retry_base_delay_s,
                     retry_max_delay_s=settings.retry_max_delay_s,
                 ),
+                self.tracer,
             )
             total_slots = anyio.CapacityLimiter(settings.concurrency)
             self.consumers = [
@@ -177,13 +182,18 @@ class Broker:
                     for poller in self.activity_pollers:
                         poller.stop()
                 log.info(
-                    "draining: %d handler(s) running, grace %.0fs",
+                    "draining: %d handler(s) running, %d activity poll(s) open, grace %.0fs",
                     self.in_flight,
+                    sum(poller.polling for poller in self.activity_pollers),
                     self.settings.shutdown_grace_s,
                 )
                 work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
         if work_scope.cancelled_caught:
-            log.warning("grace period over: running handlers cancelled; their messages will return")
+            log.warning(
+                "grace period over: work still running cancelled (messages go back to their "
+                "queues, activity tasks are failed with Broker.ShuttingDown, activity polls "
+                "still open are cut off)"
+            )
 
     async def _activity_pollers(
         self, clients: AwsClients, completer: Completer, total_slots: anyio.CapacityLimiter

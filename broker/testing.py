@@ -36,6 +36,7 @@ from ._aws import AwsClients
 from ._message import MAX_MESSAGE_BYTES, message_size
 from ._service import Broker
 from ._settings import BrokerSettings, QueueSettings
+from ._tracing import Tracer
 
 __all__ = [
     "FakeSfn",
@@ -516,6 +517,8 @@ class TestBroker:
     """The real ``Broker`` on in-memory fakes.  An async context manager.
 
     ``settings`` defaults to one queue named ``"tasks"`` with a short long-poll.
+    Tracing is off unless ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) is
+    given, whatever the environment says.
     """
 
     __test__ = False  # not a pytest test class
@@ -527,6 +530,7 @@ class TestBroker:
         *,
         sqs: FakeSqs | None = None,
         sfn: FakeSfn | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         settings = settings or BrokerSettings(
             queues=(QueueSettings(name="tasks", wait_time_s=1),),
@@ -546,7 +550,9 @@ class TestBroker:
         for activity in self.settings.activities:
             if not activity.create_if_missing and not activity.name.startswith("arn:"):
                 self.sfn.add_activity(activity.name)
-        self.broker = Broker(self.settings, router, clients=self._clients)
+        self.broker = Broker(
+            self.settings, router, clients=self._clients, tracer=Tracer(tracer_provider)
+        )
         self._group: TaskGroup | None = None
 
     @asynccontextmanager
