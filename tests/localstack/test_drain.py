@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,15 +18,9 @@ from broker._emulator import start_executions, wait_for_executions
 from broker._localstack import LocalStackAws, deploy_activity_flow
 from tests.cli import clean_env
 
+from .broker_process import broker_process, wait_until
+
 _ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _activity_started(localstack: LocalStackAws, execution_arn: str) -> bool:
@@ -60,30 +51,16 @@ def test_sigterm_while_an_activity_task_runs(
         BROKER_SHUTDOWN_GRACE_S=str(grace_s),
         PYTHONPATH=str(_ROOT),
     )
-    log_path = tmp_path / "broker.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "run"],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for(lambda: "broker running" in log_path.read_text(), "the broker to start", 30)
+    with broker_process(env, tmp_path) as broker:
         (arn,) = start_executions(
             localstack, flow.state_machine_arn, [{"sleep_s": sleep_s}], name_prefix="drain"
         )
-        _wait_for(lambda: _activity_started(localstack, arn), "the task to start", 30)
+        wait_until(lambda: _activity_started(localstack, arn), "the task to start", 30)
         stop_sent_at = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        returncode = process.wait(timeout=grace_s + 20)
+        broker.process.send_signal(signal.SIGTERM)
+        returncode = broker.process.wait(timeout=grace_s + 20)
         stopped_in_s = time.monotonic() - stop_sent_at
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    output = log_path.read_text()
+    output = broker.log
     assert returncode == 0, output
     # Bounded by the grace period (plus start-up of the shielded failure), not by the
     # minute-long poll that was open at the SIGTERM.

@@ -1,0 +1,59 @@
+"""The README's "Run against LocalStack" commands, as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from broker._localstack import LocalStackAws
+from tests.cli import clean_env
+
+from .broker_process import broker_process
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _localstack_cli(*args: str, env: dict[str, str], cwd: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "broker._localstack", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_deploy_serve_and_start_as_the_readme_says(
+    localstack: LocalStackAws, tmp_path: Path
+) -> None:
+    base = clean_env(LOCALSTACK_ENDPOINT=localstack.endpoint_url)
+    exports = _localstack_cli("deploy", env=base, cwd=tmp_path)
+    env = dict(base)
+    for line in exports.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = shlex.split(value)[0]
+    assert {"BROKER_QUEUES", "BROKER_ACTIVITIES", "AWS_ENDPOINT_URL"} <= env.keys()
+    # An idle activity poll lasts 60 s: a short grace keeps the test's stop short.
+    env["BROKER_SHUTDOWN_GRACE_S"] = "2"
+    with broker_process(env, tmp_path) as broker:
+        runs = {
+            ("activity", '{"in": "SUCCESS"}'): ("SUCCEEDED", None),
+            ("activity", '{"in": "RANDOM"}'): ("FAILED", "NO_SUCCESS_INPUT"),
+            ("transactions", '{"TransactionType": "PURCHASE"}'): ("SUCCEEDED", None),
+            ("callback", '{"n": 1}'): ("SUCCEEDED", None),
+        }
+        for (flow, execution_input), expected in runs.items():
+            ended = json.loads(
+                _localstack_cli("start", flow, execution_input, env=base, cwd=tmp_path)
+            )
+            assert (ended["status"], ended.get("error")) == expected, (flow, ended)
+        broker.process.send_signal(signal.SIGTERM)
+        assert broker.process.wait(timeout=20) == 0, broker.log
