@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import botocore.session
 import pytest
 import yaml
+from botocore.validate import ParamValidator
 from pydantic import AliasChoices
 
 from broker import BrokerSettings, Outcome, build_router
@@ -374,6 +376,15 @@ def test_the_container_runs_as_the_dockerfile_user() -> None:
     assert ecs["user"] == uid
     assert ecs["readonlyRootFilesystem"] is True
     assert ecs["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_task_definition_is_what_register_task_definition_accepts() -> None:
+    """Checked against botocore's ECS model: a misspelt or misplaced key is an error."""
+    ecs = botocore.session.get_session().get_service_model("ecs")
+    shape = ecs.operation_model("RegisterTaskDefinition").input_shape
+    assert shape is not None
+    report = ParamValidator().validate(json.loads(ECS_TASK.read_text()), shape)
+    assert not report.has_errors(), report.generate_report()
 
 
 def test_the_ecs_health_check_is_the_broker_healthcheck_command() -> None:
