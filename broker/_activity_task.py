@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ._completer import Completer, Confirmation
 from ._envelope import _lookup as lookup_path  # the queues' dotted-path rule
 from ._errors import ErrorName
+from ._events import message_record, note_token, note_type, settled
 from ._handling import (
     Failure,
     TimedOut,
@@ -80,14 +81,16 @@ class ActivityTaskProcessor:
             # only have it cut off.  Fail at once with the retryable name.
             await self._shut_down(activity, token)
             return Outcome.FAILED
-        try:
-            outcome = await self._decide(activity, token, raw_input)
-        except anyio.get_cancelled_exc_class():
-            # Cut off by the drain's grace period.  There is no redelivery for an
-            # activity: fail it now rather than leave the workflow to its timeout.
-            await self._shut_down(activity, token)
-            raise
-        self._stats.count(activity.name, outcome)
+        with message_record(activity.name, token_ref(token), 1) as record:
+            note_token(token)
+            try:
+                outcome = await self._decide(activity, token, raw_input)
+            except anyio.get_cancelled_exc_class():
+                # Cut off by the drain's grace period.  There is no redelivery for an
+                # activity: fail it now rather than leave the workflow to its timeout.
+                await self._shut_down(activity, token)
+                raise
+            settled(record, outcome, self._stats)
         return outcome
 
     async def _shut_down(self, activity: ActivityRuntime, token: str) -> None:
@@ -114,7 +117,9 @@ class ActivityTaskProcessor:
             )
         route = self._route(activity.settings, payload)
         if route is None:
+            note_type("unknown")
             return await self._unknown_type(activity, token, payload)
+        note_type(route.message_type)
         document = payload
         if route.payload_adapter is not None:
             try:
@@ -133,7 +138,9 @@ class ActivityTaskProcessor:
             body=document if isinstance(document, dict) else {"input": document},
             _send_heartbeat=lambda: heartbeat_or_raise(self._completer, token),
         )
+        started = anyio.current_time()
         result = await run_supervised(self._completer, route, task, self._handler_timeout_s)
+        self._stats.handler_seconds[route.message_type].observe(anyio.current_time() - started)
         return await self._settle(activity, route, token, result)
 
     def _route(self, settings: ActivitySettings, payload: Any) -> Route | None:

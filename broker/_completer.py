@@ -104,7 +104,8 @@ class Completer:
             token,
             taskToken=token,
             error=truncate(error, MAX_ERROR_CHARS),
-            cause=truncate(cause, MAX_CAUSE_CHARS),
+            # A handler may quote its own token in a message: never send it on.
+            cause=truncate(cause.replace(token, token_ref(token)), MAX_CAUSE_CHARS),
         )
 
     async def heartbeat(self, token: str) -> Confirmation:

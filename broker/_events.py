@@ -17,7 +17,15 @@ import anyio
 
 from ._stats import Outcome, Stats
 
-__all__ = ["MessageRecord", "current_record", "message_record", "note_error", "note_type"]
+__all__ = [
+    "MessageRecord",
+    "current_record",
+    "current_token",
+    "message_record",
+    "note_error",
+    "note_token",
+    "note_type",
+]
 
 log = logging.getLogger("broker.outcome")
 
@@ -36,6 +44,8 @@ class MessageRecord:
     message_type: str = "none"
     error: str | None = None
     started: float = field(default_factory=anyio.current_time)
+    #: The task token, so that log lines written while it is handled can be redacted.
+    token: str | None = field(default=None, repr=False)
 
 
 _current: ContextVar[MessageRecord | None] = ContextVar("broker_message_record", default=None)
@@ -49,6 +59,17 @@ def note_type(message_type: str) -> None:
     record = _current.get()
     if record is not None:
         record.message_type = message_type
+
+
+def note_token(token: str) -> None:
+    record = _current.get()
+    if record is not None:
+        record.token = token
+
+
+def current_token() -> str | None:
+    record = _current.get()
+    return record.token if record is not None else None
 
 
 def note_error(error: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from ._events import current_token
 from ._redact import token_ref
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "redact_tokens"]
@@ -31,6 +32,15 @@ _COLOURS: Final = {"WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033
 
 
 def redact_tokens(text: str) -> str:
+    """Replace the token of the task being handled, and anything token-like, by a hash.
+
+    Log records are formatted in the task that wrote them, so a handler's own log line
+    that quotes ``task.token`` is caught whatever the token looks like (the emulators'
+    tokens are short UUIDs that no pattern would catch).
+    """
+    token = current_token()
+    if token and token in text:
+        text = text.replace(token, token_ref(token))
     return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
 
 

@@ -20,7 +20,7 @@ from ._aws import ErrorKind, SqsApi, classify, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
 from ._errors import ErrorName, NonRetryable, RetryLater
-from ._events import message_record, note_error, note_type, settled
+from ._events import message_record, note_error, note_token, note_type, settled
 from ._handling import (
     MAX_OUTPUT_BYTES,
     encode_output,
@@ -110,6 +110,7 @@ class MessageProcessor:
         if isinstance(parsed, Poison):
             return await self._poison(queue, message, parsed)
 
+        note_token(parsed.token)
         first = self._in_flight.get(parsed.token)
         if first is not None:
             return await self._duplicate(queue, message, parsed.token, first)
