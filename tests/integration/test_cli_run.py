@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,3 +114,58 @@ def test_redrive_command_moves_messages_back(aws: EmbeddedAws, tmp_path: Path) -
         + int(left["ApproximateNumberOfMessagesNotVisible"])
         == 0
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_healthcheck_follows_the_running_broker_and_logs_are_json(
+    aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
+) -> None:
+    port = str(_free_port())
+    env = broker_env(
+        aws,
+        BROKER_QUEUES=f'["{seed_flows.queues["callback"]}"]',
+        BROKER_HANDLERS='["handlers.seeds:router"]',
+        BROKER_ENTRY_POINTS="false",
+        BROKER_HTTP_PORT=port,
+        BROKER_HTTP_HOST="127.0.0.1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while run_cli("healthcheck", "--ready", env=env, cwd=tmp_path).returncode != 0:
+            assert time.monotonic() < deadline, "never ready"
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        live = run_cli("healthcheck", env=env, cwd=tmp_path)
+        assert live.returncode == 0
+        assert json.loads(live.stdout)["ok"] is True
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    after = run_cli("healthcheck", env=env, cwd=tmp_path)
+    assert after.returncode == 1
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert events, stderr
+    assert {"time", "level", "logger", "message"} <= set(events[0])
+    assert any("SIGTERM received" in e["message"] for e in events)
+
+
+def test_healthcheck_without_a_port_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("healthcheck", env=clean_env(BROKER_HTTP_PORT="null"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "BROKER_HTTP_PORT" in result.stderr
