@@ -238,6 +238,21 @@ class BrokerSettings(BaseSettings):
                 raise ValueError(f"{ref!r} is not of the form 'module:attribute'")
         return value
 
+    @field_validator(
+        "http_port",
+        "handler_timeout_s",
+        "completion_rate_per_s",
+        "completion_burst",
+        mode="before",
+    )
+    @classmethod
+    def _null_switches_off(cls, value: Any) -> Any:
+        # An environment variable cannot carry JSON null for a plain number: accept
+        # the words people write for "off".
+        if isinstance(value, str) and value.strip().lower() in {"", "null", "none", "off"}:
+            return None
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:

@@ -113,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 def _healthcheck(settings: BrokerSettings, *, ready: bool) -> int:
     """Ask the running broker's /livez (or /readyz): for HEALTHCHECK and ECS checks."""
     if not settings.http_port:
+        state = "off" if settings.http_port is None else "0 (any free port)"
         print(
-            f"broker: {ENV_PREFIX}HTTP_PORT is {settings.http_port}: set the port the "
-            "running broker listens on",
+            f"broker: {ENV_PREFIX}HTTP_PORT is {state}: set the port the running broker "
+            "listens on",
             file=sys.stderr,
         )
         return 2

@@ -121,3 +121,26 @@ def test_bad_config_file(tmp_path: Path, content: str, suffix: str, message: str
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("word", ["null", "None", "off", ""])
+def test_words_for_off_switch_optional_numbers_off(
+    monkeypatch: pytest.MonkeyPatch, word: str
+) -> None:
+    monkeypatch.setenv("BROKER_HTTP_PORT", word)
+    monkeypatch.setenv("BROKER_HANDLER_TIMEOUT_S", word)
+    settings = load_settings(None)
+    assert (settings.http_port, settings.handler_timeout_s) == (None, None)
+
+
+def test_log_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_LOG_FORMAT", "json")
+    monkeypatch.setenv("BROKER_LOG_LEVELS", '{"broker.processing": "debug"}')
+    settings = load_settings(None)
+    assert (settings.log_format, settings.log_levels) == (
+        "json",
+        {"broker.processing": "DEBUG"},
+    )
+    monkeypatch.setenv("BROKER_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="BROKER_LOG_FORMAT"):
+        load_settings(None)
