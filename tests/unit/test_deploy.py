@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -175,7 +176,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> BrokerSettings:
-    for name, value in env.items():
+    """The settings a container of the image gets with ``env``: the image's ENV below it."""
+    for name, value in {**image_env(), **env}.items():
         monkeypatch.setenv(name, value)
     return BrokerSettings(_env_file=None)  # type: ignore[call-arg]
 
@@ -247,6 +249,17 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return pairs
 
 
+def image_env() -> dict[str, str]:
+    """The settings the image's ``ENV`` lines set (its last stage: the one that runs)."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM")
+    env: dict[str, str] = {}
+    for instruction, args in instructions[last_from:]:
+        if instruction == "ENV":
+            env.update(word.split("=", 1) for word in shlex.split(args) if "=" in word)  # type: ignore[misc]
+    return {name: value for name, value in env.items() if name in setting_env_names()}
+
+
 def dockerfile_user() -> str:
     users = [args for instruction, args in dockerfile_instructions() if instruction == "USER"]
     assert users, "the Dockerfile sets no USER"
@@ -273,7 +286,7 @@ def test_the_deploy_readme_explains_every_file() -> None:
 
 def test_every_broker_variable_mentioned_is_a_setting() -> None:
     known = setting_env_names()
-    for path in (*EXAMPLES, DEPLOY_README, OPERATIONS):
+    for path in (*EXAMPLES, DEPLOY_README, OPERATIONS, ROOT / "Dockerfile"):
         mentioned = set(re.findall(r"\bBROKER_[A-Z0-9]+(?:_[A-Z0-9]+)*\b", path.read_text()))
         unknown = mentioned - known
         assert not unknown, f"{path.relative_to(ROOT)}: not settings: {sorted(unknown)}"
@@ -378,6 +391,15 @@ def test_the_container_runs_as_the_dockerfile_user() -> None:
     assert ecs["user"] == uid
     assert ecs["readonlyRootFilesystem"] is True
     assert ecs["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_image_and_ecs_run_the_same_health_check() -> None:
+    checks = [
+        args for instruction, args in dockerfile_instructions() if instruction == "HEALTHCHECK"
+    ]
+    assert len(checks) == 1, "the Dockerfile should have one HEALTHCHECK"
+    image_command = json.loads(checks[0].split(" CMD ", 1)[1])
+    assert ["CMD", *image_command] == ecs_container()["healthCheck"]["command"]
 
 
 def test_the_task_definition_is_what_register_task_definition_accepts() -> None:
