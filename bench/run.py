@@ -58,6 +58,8 @@ CALLS_ON_LATENCY_PATH = 2
 BROKER_TUNED = {
     "BROKER_CONCURRENCY": "256",
     "BROKER_COMPLETION_CONCURRENCY": "128",
+    # One JSON log line per outcome is the default; at this rate it is CPU worth saving.
+    "BROKER_LOG_LEVELS": json.dumps({"broker.outcome": "WARNING"}),
 }
 
 
@@ -131,6 +133,7 @@ class Run:
     unknown_tokens: int
     redelivered: int
     latency: dict[str, float]
+    warmup: int = 0
     rate_per_s: float | None = None
     calls: dict[str, int] = field(default_factory=dict)
 
@@ -192,6 +195,7 @@ def run_one(
     *,
     rate_per_s: float | None = None,
     min_rate_per_s: float = 5.0,
+    warmup: int = 0,
 ) -> Run:
     control = StubControl(stub.endpoint_url)
     control.reset()
@@ -210,6 +214,14 @@ def run_one(
                 raise RuntimeError(f"{contender.name} did not start polling (see {log.name})")
             time.sleep(0.05)
         time.sleep(0.3)  # let every poller of the contender start its long poll
+        warmup_duplicates = 0
+        if warmup:
+            # Warm up first (imports, connection pools, node's JIT), then count afresh.
+            control.add_tasks(QUEUE, count=warmup, type="callback")
+            control.wait_closed(timeout_s=warmup / min_rate_per_s + 60)
+            warmup_duplicates = control.stats()["tasks"]["duplicates"]
+            time.sleep(0.2)  # the last deletes of the warm-up
+            control.reset_stats()
         control.add_tasks(QUEUE, count=tasks, type="callback", rate_per_s=rate_per_s)
         cpu0, stub0, wall0 = proc_cpu_s(process.pid), proc_cpu_s(stub.pid), time.perf_counter()
         expected_s = tasks / (rate_per_s or min_rate_per_s)
@@ -230,10 +242,11 @@ def run_one(
         cpu_s=cpu,
         peak_rss_mb=rss,
         stub_cpu_s=stub_cpu,
-        duplicates=stats["tasks"]["duplicates"],
+        duplicates=stats["tasks"]["duplicates"] + warmup_duplicates,
         unknown_tokens=stats["tasks"]["unknown_tokens"],
         redelivered=stats["queues"][QUEUE]["redelivered"],
         latency=stats["latency_ms"],
+        warmup=warmup,
         rate_per_s=rate_per_s,
         calls=stats["calls"],
     )
@@ -434,18 +447,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     with StubProcess() as stub:
         # Calibration: a short run each, to size the measured runs to ~target_s.
         sizes: dict[tuple[str, float], int] = {}
+        warmups: dict[tuple[str, float], int] = {}  # about one second of work
         print(f"calibrating {len(chosen)} contenders x {len(latencies)} latencies", flush=True)
         for latency in latencies:
             for c in chosen:
                 probe = 300 if latency == 0 else 150
                 run = run_one(stub, c, latency, probe)
                 sizes[c.name, latency] = max(200, min(100_000, int(run.per_s * target_s)))
+                warmups[c.name, latency] = max(20, min(2_000, int(run.per_s)))
                 print(f"  {c.name:<24} {latency:>4g} ms  ~{run.per_s:,.0f}/s", flush=True)
         for round_no in range(rounds):
             order = chosen[round_no % len(chosen) :] + chosen[: round_no % len(chosen)]
             for latency in latencies:
                 for c in order:
-                    run = run_one(stub, c, latency, sizes[c.name, latency])
+                    key = c.name, latency
+                    run = run_one(stub, c, latency, sizes[key], warmup=warmups[key])
                     runs.append(run)
                     print(
                         f"round {round_no + 1} {c.name:<24} {latency:>4g} ms {run.tasks:>7} tasks "
@@ -473,7 +489,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if base and not args.no_arrival:
             rate = round(base["per_s"] / 2)
             for name in ("broker default", "broker tuned", "sqs-consumer tuned"):
-                run = run_one(stub, by_name[name], 20, int(rate * target_s), rate_per_s=rate)
+                run = run_one(
+                    stub,
+                    by_name[name],
+                    20,
+                    int(rate * target_s),
+                    rate_per_s=rate,
+                    warmup=warmups.get((name, 20.0), 200),
+                )
                 arrival.append(run.summary())
                 print(
                     f"arrival {rate}/s {name:<22} p50 {run.latency['p50']:.1f} ms "
@@ -487,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_growth:
             sizes_growth = (1_000, 10_000, 100_000) if args.full else (1_000, 10_000)
             for n in sizes_growth:
-                run = run_one(stub, by_name["broker default"], 0, n)
+                run = run_one(stub, by_name["broker default"], 0, n, warmup=200)
                 growth.append(run.summary())
                 print(
                     f"growth {n:>7} tasks {run.per_s:>8,.0f}/s "

@@ -46,6 +46,10 @@ class StubControl:
     def reset(self) -> None:
         self._call("POST", "reset", {})
 
+    def reset_stats(self) -> None:
+        """Zero counters and latencies (after a warm-up); queues and tokens stay."""
+        self._call("POST", "reset_stats", {})
+
     def create_queue(self, name: str, visibility_timeout_s: int = 30) -> str:
         reply = self._call(
             "POST", "queues", {"name": name, "visibility_timeout_s": visibility_timeout_s}

@@ -297,6 +297,9 @@ class _Control:
             if route == ("POST", "reset"):
                 state.reset()
                 return _ok({})
+            if route == ("POST", "reset_stats"):
+                state.reset_stats()
+                return _ok({})
             if route == ("POST", "queues"):
                 queue = state.create_queue(data["name"], int(data.get("visibility_timeout_s", 30)))
                 return _ok({"url": queue.url})

@@ -370,6 +370,11 @@ class Tokens:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def reset_counts(self) -> None:
+        self.succeeded = self.failed = self.duplicates = self.unknown = self.heartbeats = 0
+        self.latencies_ms = []
+        self._sorted = []
+
     def open(self, token: str, available_at: float | None) -> None:
         if token in self.records:
             return
@@ -547,6 +552,14 @@ class StubState:
         idle = self.tokens.idle
         self.__init__(self.loop, self.base_url)  # type: ignore[misc]
         idle.set()  # wake anyone waiting on the old registry
+
+    def reset_stats(self) -> None:
+        """Zero the counters and latencies; queues, messages and open tokens stay."""
+        self.calls = {}
+        self.fault_counts = {kind: {} for kind in FAULT_KINDS}
+        self.tokens.reset_counts()
+        for queue in self.queues.values():
+            queue.received = queue.redelivered = queue.deleted = queue.sent = 0
 
     def new_seq(self) -> int:
         self.last_seq += 1

@@ -399,6 +399,27 @@ async def test_control_validation_and_reset(control: AsyncControl) -> None:
     assert (await control.wait_closed(timeout_s=1))["open"] == 0
 
 
+async def test_reset_stats_keeps_queues_and_open_tokens(
+    sqs: Any, sfn: Any, control: AsyncControl
+) -> None:
+    await control.add_tasks("q", count=2)
+    url = (await sqs.get_queue_url(QueueName="q"))["QueueUrl"]
+    first, second = (json.loads(m["Body"])["taskToken"] for m in await receive(sqs, url))
+    await sfn.send_task_success(taskToken=first, output="{}")
+    await control.reset_stats()
+    stats = await control.stats()
+    assert stats["calls"] == {}
+    assert stats["latency_ms"]["count"] == 0
+    assert (stats["tasks"]["total"], stats["tasks"]["open"], stats["tasks"]["succeeded"]) == (
+        2,
+        1,
+        0,
+    )
+    assert (stats["queues"]["q"]["received"], stats["queues"]["q"]["in_flight"]) == (0, 2)
+    await sfn.send_task_success(taskToken=second, output="{}")
+    assert (await control.stats())["tasks"]["succeeded"] == 1
+
+
 # -- as a process, and the broker end to end -------------------------------------------
 
 
