@@ -91,6 +91,12 @@ def contenders() -> list[Contender]:
         ),
         Contender("broker tuned", tuned, (BROKER, "run"), broker_env + tuple(BROKER_TUNED.items())),
         Contender(
+            "broker tuned, 2 receivers",
+            tuned + "; the queue listed twice (by name and by URL): two ReceiveMessage in flight",
+            (BROKER, "run"),
+            (*broker_env, *BROKER_TUNED.items(), ("BROKER_QUEUES", "{queue name and url}")),
+        ),
+        Contender(
             "seed loop",
             "sync boto3: receive 10, per record SendTaskSuccess then DeleteMessage",
             (PYTHON, str(REPO / "bench" / "contenders" / "seed_loop.py")),
@@ -203,6 +209,9 @@ def run_one(
     control.set_faults(latency_ms=latency_ms)
     env = base_env(stub.endpoint_url, queue_url)
     env.update(contender.env)
+    if env.get("BROKER_QUEUES") == "{queue name and url}":
+        # The broker runs one ReceiveMessage per configured queue; an alias is a second.
+        env["BROKER_QUEUES"] = json.dumps([QUEUE, queue_url])
     log = (RESULTS / "logs" / f"{contender.name.replace(' ', '-')}.log").open("ab")
     process = subprocess.Popen(  # noqa: S603 - our own contenders
         contender.argv, env=env, cwd=REPO, stdout=log, stderr=log
