@@ -8,7 +8,7 @@ COPY broker ./broker
 COPY handlers ./handlers
 RUN python -m venv /opt/broker \
  && /opt/broker/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/broker/bin/pip install --no-cache-dir '.[fast]'
+ && /opt/broker/bin/pip install --no-cache-dir '.[fast,otel]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home broker
@@ -22,8 +22,10 @@ USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["broker", "healthcheck"]
-# ECS sends SIGTERM, then SIGKILL after stopTimeout (30 s by default): the broker's
-# shutdown grace (BROKER_SHUTDOWN_GRACE_S, 25 s) fits inside it.
+# ECS and Kubernetes send SIGTERM, then SIGKILL after stopTimeout (ECS: 30 s by default)
+# or terminationGracePeriodSeconds: give them the broker's shutdown grace
+# (BROKER_SHUTDOWN_GRACE_S, 25 s) plus ~15 s to hand messages back and flush deletes,
+# as deploy/ does (45 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["broker"]
 CMD ["run"]
