@@ -18,8 +18,15 @@ from typing import Any, Final
 
 import anyio
 
+from ._activities import resolve_activity
 from ._aws import open_clients
-from ._errors import BrokerError, ConfigError, QueueNotFound, RegistrationError
+from ._errors import (
+    ActivityNotFound,
+    BrokerError,
+    ConfigError,
+    QueueNotFound,
+    RegistrationError,
+)
 from ._logging import configure_logging
 from ._plugins import ENTRY_POINT_GROUP, build_router
 from ._redrive import redrive
@@ -115,8 +122,7 @@ def _healthcheck(settings: BrokerSettings, *, ready: bool) -> int:
     if not settings.http_port:
         state = "off" if settings.http_port is None else "0 (any free port)"
         print(
-            f"broker: {ENV_PREFIX}HTTP_PORT is {state}: set the port the running broker "
-            "listens on",
+            f"broker: {ENV_PREFIX}HTTP_PORT is {state}: set the port the running broker listens on",
             file=sys.stderr,
         )
         return 2
@@ -191,6 +197,19 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
                 f"queue {queue.name}: ok ({url}, ~{attributes.get('ApproximateNumberOfMessages')}"
                 f" messages, visibility {attributes.get('VisibilityTimeout')}s)"
             )
+        for activity in settings.activities:
+            # Look only: check never creates an activity, even with create_if_missing.
+            looked_up = activity.model_copy(update={"create_if_missing": False})
+            try:
+                runtime = await resolve_activity(clients.sfn, looked_up)
+            except ActivityNotFound as exc:
+                if activity.create_if_missing:
+                    print(f"activity {activity.name}: not found; created at start-up")
+                    continue
+                failures += 1
+                print(f"activity {activity.name}: UNREACHABLE: {exc}")
+                continue
+            print(f"activity {activity.name}: ok ({runtime.arn}, {activity.pollers} poller(s))")
     _print_handlers(router)
     return 1 if failures else 0
 

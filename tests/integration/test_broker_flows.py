@@ -401,7 +401,7 @@ async def test_drain_hands_cut_off_messages_back_at_once(
         settings_for(aws, QueueSettings(name=queue, default_handler="callback")), seed_router
     ):
         results = await anyio.to_thread.run_sync(
-            lambda: wait_for_executions(aws, arns, timeout_s=30)
+            lambda: wait_for_executions(aws, arns, timeout_s=90)
         )
     assert [results[arn].status for arn in arns] == ["SUCCEEDED"] * 3
     await assert_queues_drained(aws, queue)

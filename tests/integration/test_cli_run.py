@@ -169,3 +169,28 @@ def test_healthcheck_without_a_port_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("healthcheck", env=clean_env(BROKER_HTTP_PORT="null"), cwd=tmp_path)
     assert result.returncode == 2
     assert "BROKER_HTTP_PORT" in result.stderr
+
+
+def test_check_reports_activities_without_creating_them(aws: EmbeddedAws, tmp_path: Path) -> None:
+    arn = aws.client("stepfunctions").create_activity(name="check-present")["activityArn"]
+    activities = [
+        {"name": "check-present", "handler": "verify"},
+        {"name": arn, "handler": "verify", "pollers": 2},
+        {"name": "check-later", "handler": "verify", "create_if_missing": True},
+        {"name": "check-absent", "handler": "verify"},
+    ]
+    env = broker_env(
+        aws,
+        BROKER_ACTIVITIES=json.dumps(activities),
+        BROKER_HANDLERS='["handlers.seeds:router"]',
+        BROKER_ENTRY_POINTS="false",
+    )
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"activity check-present: ok ({arn}, 1 poller(s))" in lines
+    assert f"activity {arn}: ok ({arn}, 2 poller(s))" in lines
+    assert "activity check-later: not found; created at start-up" in lines
+    assert any(line.startswith("activity check-absent: UNREACHABLE") for line in lines)
+    names = [a["name"] for a in aws.client("stepfunctions").list_activities()["activities"]]
+    assert "check-later" not in names
