@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from ._completer import Completer, Confirmation
-from ._envelope import _lookup as lookup_path  # the queues' dotted-path rule
+from ._envelope import lookup_path
 from ._errors import ErrorName
 from ._events import message_record, note_token, note_type, settled
 from ._handling import (

@@ -23,6 +23,7 @@ __all__ = [
     "EnvelopeSpec",
     "Poison",
     "PoisonReason",
+    "lookup_path",
     "parse_envelope",
 ]
 
@@ -128,13 +129,14 @@ def _find_type(
         # The path is tried on the body first, then on the payload, so that both
         # {"type": ..., "input": {...}} and {"input": {"type": ...}} route by "type".
         for root in (document, payload):
-            found = _lookup(root, spec.type_field)
+            found = lookup_path(root, spec.type_field)
             if isinstance(found, str) and found:
                 return found
     return spec.default_type
 
 
-def _lookup(root: Any, dotted_path: str) -> Any:
+def lookup_path(root: Any, dotted_path: str) -> Any:
+    """The value at ``a.b.c`` in nested mappings, or None."""
     node = root
     for part in dotted_path.split("."):
         if not isinstance(node, Mapping) or part not in node:
