@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 OUTPUT = json.dumps({"body": "Return from callback"})
@@ -42,6 +42,11 @@ COMPONENTS = (
     ("botocore/retries", "botocore: retries"),
     ("botocore/awsrequest", "botocore: request objects"),
     ("botocore/", "botocore: other"),
+    ("/hmac.py", "botocore: SigV4 signing"),
+    ("urllib/parse", "botocore: URL handling (urllib.parse)"),
+    ("/uuid.py", "botocore: other"),
+    ("/inspect.py", "aiobotocore"),
+    ("logging/", "logging (stdlib)"),
     ("aiobotocore/", "aiobotocore"),
     ("aiohttp/", "aiohttp (HTTP client)"),
     ("yarl/", "aiohttp (HTTP client)"),
@@ -111,18 +116,35 @@ def aiobotocore_calls(endpoint: str, tokens: list[str], validation: bool) -> Cal
     return run
 
 
-def breakdown(profile: cProfile.Profile, calls: int) -> list[tuple[str, float]]:
-    """Own (tottime) CPU ms per call by component, largest first."""
-    stats = pstats.Stats(profile)
+def component_of(filename: str, components: Sequence[tuple[str, str]] = COMPONENTS) -> str:
+    where = filename.replace("\\", "/")
+    return next((name for key, name in components if key in where), "other Python")
+
+
+def own_time_by_component(
+    stats: pstats.Stats, classify: Callable[[str], str] = component_of
+) -> dict[str, float]:
+    """Own (tottime) seconds by component; a C function's time goes to its callers.
+
+    cProfile names C functions' file "~"; their time (str.join, hashing, socket
+    calls) belongs to whoever called them, which the callers table says exactly.
+    """
     totals: dict[str, float] = {}
     for (filename, _, _function), row in stats.stats.items():  # type: ignore[attr-defined]
-        own_s = row[2]
-        where = filename.replace("\\", "/")
-        component = next((name for key, name in COMPONENTS if key in where), None)
-        if component is None:
-            # "~" is cProfile's file name for C functions (socket, hashing, str methods).
-            component = "C builtins" if where == "~" else "other Python"
-        totals[component] = totals.get(component, 0.0) + own_s
+        own_s, callers = row[2], row[4]
+        if filename == "~" and callers:
+            for (caller_file, _, _), caller_row in callers.items():
+                name = "C builtins" if caller_file == "~" else classify(caller_file)
+                totals[name] = totals.get(name, 0.0) + caller_row[2]
+            continue
+        name = "C builtins" if filename == "~" else classify(filename)
+        totals[name] = totals.get(name, 0.0) + own_s
+    return totals
+
+
+def breakdown(profile: cProfile.Profile, calls: int) -> list[tuple[str, float]]:
+    """Own CPU ms per call by component, largest first."""
+    totals = own_time_by_component(pstats.Stats(profile))
     return sorted(((k, 1000 * v / calls) for k, v in totals.items()), key=lambda kv: -kv[1])
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.awsstub import StubProcess
-from bench.floor import COMPONENTS
+from bench.floor import COMPONENTS, component_of, own_time_by_component
 from bench.run import PYTHON, RESULTS, contenders, run_one
 
 BROKER_COMPONENTS = (
@@ -34,28 +34,27 @@ BROKER_COMPONENTS = (
 )
 
 
-def component_of(filename: str) -> str:
-    where = filename.replace("\\", "/")
-    if where == "~":
-        return "C builtins"
-    return next((name for key, name in BROKER_COMPONENTS if key in where), "other Python")
+def broker_component(filename: str) -> str:
+    return component_of(filename, BROKER_COMPONENTS)
 
 
 def report(path: Path, tasks: int, top: int = 25) -> dict[str, float]:
     stats = pstats.Stats(str(path))
-    by_component: dict[str, float] = {}
-    rows = []
-    for (filename, line, function), row in stats.stats.items():  # type: ignore[attr-defined]
-        own_s = row[2]
-        component = component_of(filename)
-        by_component[component] = by_component.get(component, 0.0) + own_s
-        rows.append((own_s, component, f"{Path(filename).name}:{line}({function})"))
+    by_component = own_time_by_component(stats, broker_component)
     total = sum(by_component.values())
     print(f"\nown CPU ms per task by component (profiled total {1000 * total / tasks:.2f})")
     shares = {}
     for component, own_s in sorted(by_component.items(), key=lambda kv: -kv[1]):
         shares[component] = 1000 * own_s / tasks
         print(f"  {component:<36} {shares[component]:7.3f}  {100 * own_s / total:5.1f}%")
+    rows = [
+        (
+            row[2],
+            "C (charged to callers above)" if filename == "~" else broker_component(filename),
+            f"{Path(filename).name}:{line}({function})",
+        )
+        for (filename, line, function), row in stats.stats.items()  # type: ignore[attr-defined]
+    ]
     print(f"\ntop {top} functions by own time")
     for own_s, component, where in sorted(rows, reverse=True)[:top]:
         print(f"  {1000 * own_s / tasks:7.3f} ms/task  {component:<30} {where}")

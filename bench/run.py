@@ -212,7 +212,9 @@ def run_one(
     if env.get("BROKER_QUEUES") == "{queue name and url}":
         # The broker runs one ReceiveMessage per configured queue; an alias is a second.
         env["BROKER_QUEUES"] = json.dumps([QUEUE, queue_url])
-    log = (RESULTS / "logs" / f"{contender.name.replace(' ', '-')}.log").open("ab")
+    logs = RESULTS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = (logs / f"{contender.name.replace(' ', '-').replace(',', '')}.log").open("ab")
     process = subprocess.Popen(  # noqa: S603 - our own contenders
         contender.argv, env=env, cwd=REPO, stdout=log, stderr=log
     )
@@ -364,16 +366,17 @@ def chart(result: dict[str, Any], path: Path) -> None:
         axis.set_title(title)
         axis.legend(fontsize=8)
     axes[0].set_yscale("log")
+    styles = iter(("dotted", "dashed", "dashdot"))
     for name, floor in result["floors"].items():
         if "profiled" not in name:
-            axes[1].axhline(floor["cpu_ms_per_call"], linestyle=":", linewidth=1)
-            axes[1].annotate(
-                f"floor {name.split(' (')[0]} {floor['cpu_ms_per_call']:.2f}",
-                (len(names) - 0.6, floor["cpu_ms_per_call"]),
-                fontsize=7,
-                ha="right",
-                va="bottom",
+            axes[1].axhline(
+                floor["cpu_ms_per_call"],
+                color="grey",
+                linestyle=next(styles, "dotted"),
+                linewidth=1,
+                label=f"floor: bare call, {name} {floor['cpu_ms_per_call']:.2f}",
             )
+    axes[1].legend(fontsize=7)
     growth = result.get("growth", [])
     if growth:
         tasks = [g["tasks"] for g in growth]
@@ -389,6 +392,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
         rss.set_ylim(bottom=0)
         axes[2].set_ylim(bottom=0)
         axes[2].set_title("Growth: throughput and memory")
+        lines = axes[2].get_lines() + rss.get_lines()
+        axes[2].legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     figure.suptitle(
         f"{result['machine']['summary']} · {result['date']} · "
         f"python bench/run.py{' --full' if result['full'] else ''}",
@@ -438,7 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-growth", action="store_true")
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--no-arrival", action="store_true")
+    parser.add_argument("--replot", type=Path, help="redraw table and chart from a JSON result")
     args = parser.parse_args(argv)
+    if args.replot:
+        return publish(json.loads(args.replot.read_text()), None)
     rounds = args.rounds or (3 if args.full else 1)
     target_s = args.target_s or (12.0 if args.full else 4.0)
     latencies = [float(x) for x in args.latencies.split(",")]
@@ -528,13 +536,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         result["growth"] = growth
 
+    return publish(result, started)
+
+
+def publish(result: dict[str, Any], started: dt.datetime | None) -> int:
+    """Print the table; write JSON (for a new run), the markdown table and the chart."""
     floor_ms = {k: v["cpu_ms_per_call"] for k, v in result["floors"].items() if "profiled" not in k}
-    text = table(rows, floor_ms, result["settings"])
+    text = table(result["rows"], floor_ms, result["settings"])
     print()
     print(text)
-    stamp = started.strftime("%Y%m%dT%H%M%S")
-    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if started is not None:
+        stamp = started.strftime("%Y%m%dT%H%M%S")
+        (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
+        (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "table.md").write_text(text + "\n")
     chart(result, RESULTS / "bench.png")
     print(f"\nwrote {RESULTS / 'latest.json'}, {RESULTS / 'table.md'}, {RESULTS / 'bench.png'}")
