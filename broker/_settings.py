@@ -68,6 +68,13 @@ class QueueSettings(BaseModel):
         default=None, description="Queue name or URL for poison and exhausted messages."
     )
     wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait.")
+    receivers: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="ReceiveMessage calls in flight (default: one per 16 slots, at most 4; "
+        "FIFO: 1).",
+    )
     visibility_timeout_s: int | None = Field(
         default=None, ge=0, le=43_200, description="Visibility on receive (default: the queue's)."
     )

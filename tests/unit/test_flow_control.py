@@ -225,3 +225,45 @@ async def test_no_log_line_contains_a_whole_token(caplog: pytest.LogCaptureFixtu
     for token in tokens:
         assert token not in text
         assert token[:40] not in text
+
+
+class CountingSqs(FakeSqs):
+    """Counts ReceiveMessage calls in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receiving = Gauge()
+
+    async def receive_message(self, **params: Any) -> dict[str, Any]:
+        with self.receiving:
+            return await super().receive_message(**params)
+
+
+@pytest.mark.parametrize(
+    ("queue", "concurrency", "expected"),
+    [
+        (QueueSettings(name="tasks", wait_time_s=1), 64, 4),  # one per 16 slots, at most 4
+        (QueueSettings(name="tasks", wait_time_s=1), 20, 1),
+        (QueueSettings(name="tasks", wait_time_s=1, receivers=2), 64, 2),
+        (QueueSettings(name="tasks", wait_time_s=1, concurrency=32), 64, 2),
+        (QueueSettings(name="tasks.fifo", wait_time_s=1, receivers=3), 64, 1),
+    ],
+)
+async def test_receives_in_flight_per_queue(
+    queue: QueueSettings, concurrency: int, expected: int
+) -> None:
+    sqs = CountingSqs()
+    sqs.latency_s = 0.05  # every call takes a while, so loops overlap if there are several
+    router = Router()
+
+    @router.handler("work")
+    async def work(task: Task[Any]) -> str:
+        return "done"
+
+    async with TestBroker(router, make_settings(queue, concurrency=concurrency), sqs=sqs) as tb:
+        for _ in range(200):
+            await tb.start_task({}, message_type="work", queue=queue.name)
+        await tb.wait_idle(timeout_s=30)
+        assert tb.broker.consumers[0].receivers == expected
+    assert sqs.receiving.peak == expected
+    assert len(tb.sfn.outcomes) == 200

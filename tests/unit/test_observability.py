@@ -147,10 +147,11 @@ async def test_liveness_fails_when_a_poller_gets_no_answer() -> None:
         sqs.latency_s = 3600  # every call hangs: the next ReceiveMessage never returns
         [consumer] = tb.broker.consumers
         with anyio.fail_after(5):
-            while consumer._receiving_since is None:
+            while not consumer._receiving_since:
                 await anyio.sleep(0.01)
-        # Pretend the hung receive started long ago, past the SDK's own timeouts.
-        consumer._receiving_since -= 120
+        # Pretend the hung receives started long ago, past the SDK's own timeouts.
+        for loop in consumer._receiving_since:
+            consumer._receiving_since[loop] -= 120
         status, body = await http_get(port, "/livez")
         assert status == 503
         assert "poller tasks" in orjson.loads(body)["checks"]
