@@ -91,10 +91,11 @@ def contenders() -> list[Contender]:
         ),
         Contender("broker tuned", tuned, (BROKER, "run"), broker_env + tuple(BROKER_TUNED.items())),
         Contender(
-            "broker tuned, 2 receivers",
-            tuned + "; the queue listed twice (by name and by URL): two ReceiveMessage in flight",
-            (BROKER, "run"),
-            (*broker_env, *BROKER_TUNED.items(), ("BROKER_QUEUES", "{queue name and url}")),
+            "broker, lean hot path",
+            "defaults; an experiment: SendTaskSuccess/Failure, ReceiveMessage, "
+            "DeleteMessageBatch signed and sent without botocore (bench/contenders/broker_lean.py)",
+            (PYTHON, str(REPO / "bench" / "contenders" / "broker_lean.py")),
+            broker_env,
         ),
         Contender(
             "seed loop",
@@ -209,9 +210,6 @@ def run_one(
     control.set_faults(latency_ms=latency_ms)
     env = base_env(stub.endpoint_url, queue_url)
     env.update(contender.env)
-    if env.get("BROKER_QUEUES") == "{queue name and url}":
-        # The broker runs one ReceiveMessage per configured queue; an alias is a second.
-        env["BROKER_QUEUES"] = json.dumps([QUEUE, queue_url])
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"{contender.name.replace(' ', '-').replace(',', '')}.log").open("ab")
