@@ -15,9 +15,12 @@ from enum import Enum
 from typing import Any, Final, Protocol, cast
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 
+from ._errors import ConfigError
+from ._fastsfn import FastSfn
 from ._settings import BrokerSettings
 
 __all__ = [
@@ -193,6 +196,34 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
         session.client("stepfunctions", config=sfn_config, endpoint_url=endpoint) as sfn,
         session.client("stepfunctions", config=poll_config, endpoint_url=endpoint) as sfn_poll,
     ):
-        yield AwsClients(
-            sqs=cast(SqsApi, sqs), sfn=cast(SfnApi, sfn), sfn_poll=cast(SfnApi, sfn_poll)
+        if not settings.fast_completions:
+            yield AwsClients(
+                sqs=cast(SqsApi, sqs), sfn=cast(SfnApi, sfn), sfn_poll=cast(SfnApi, sfn_poll)
+            )
+            return
+        async with _fast_sfn(session, sfn, settings) as fast:
+            yield AwsClients(sqs=cast(SqsApi, sqs), sfn=fast, sfn_poll=cast(SfnApi, sfn_poll))
+
+
+@asynccontextmanager
+async def _fast_sfn(
+    session: aioboto3.Session, sfn: Any, settings: BrokerSettings
+) -> AsyncIterator[SfnApi]:
+    """The lean completion client, on the endpoint and credentials botocore resolved."""
+    # Typed as synchronous in the stubs; aioboto3 returns a coroutine.
+    credentials: Any = await cast(Awaitable[Any], session.get_credentials())
+    if credentials is None:
+        raise ConfigError(
+            "BROKER_FAST_COMPLETIONS: no AWS credentials found (the standard chain is used)"
+        )
+
+    async def fresh() -> Any:
+        return await credentials.get_frozen_credentials()
+
+    connector = aiohttp.TCPConnector(limit=settings.completion_concurrency + 8)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=15)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        yield cast(
+            SfnApi,
+            FastSfn(http, sfn.meta.endpoint_url, sfn.meta.region_name, fresh, fallback=sfn),
         )

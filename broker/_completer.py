@@ -27,6 +27,7 @@ __all__ = ["MAX_CAUSE_CHARS", "MAX_ERROR_CHARS", "Completer", "Confirmation", "t
 
 log = logging.getLogger("broker.completer")
 
+_HEARTBEAT_CLOSED_CODES: Final = frozenset({"TaskTimedOut", "TaskDoesNotExist"})
 MAX_ERROR_CHARS: Final = 256
 MAX_CAUSE_CHARS: Final = 32_768
 
@@ -42,6 +43,9 @@ class Confirmation(Enum):
     INVALID_OUTPUT = "invalid_output"
     #: Retries ran out or the call was refused: keep the message, let it come back.
     UNCONFIRMED = "unconfirmed"
+    #: A heartbeat answered InvalidToken: not proof that the task is closed (see
+    #: ``Completer.heartbeat``), so the work goes on and its completion decides.
+    HEARTBEAT_REFUSED = "heartbeat_refused"
 
     @property
     def settled(self) -> bool:
@@ -109,8 +113,19 @@ class Completer:
         )
 
     async def heartbeat(self, token: str) -> Confirmation:
+        """SendTaskHeartbeat.  Only ``TaskTimedOut`` / ``TaskDoesNotExist`` mean closed.
+
+        AWS answers a heartbeat for a closed task with ``TaskTimedOut``.  ``InvalidToken``
+        comes from the emulators for a state without ``HeartbeatSeconds`` (and, for a
+        moment, right after the message lands): cancelling the work on it would leave
+        the workflow waiting for a task nobody runs any more.
+        """
         return await self._call(
-            "SendTaskHeartbeat", self._sfn.send_task_heartbeat, token, taskToken=token
+            "SendTaskHeartbeat",
+            self._sfn.send_task_heartbeat,
+            token,
+            closed_codes=_HEARTBEAT_CLOSED_CODES,
+            taskToken=token,
         )
 
     async def _call(
@@ -118,6 +133,7 @@ class Completer:
         api: str,
         method: Callable[..., Awaitable[Mapping[str, Any]]],
         token: str,
+        closed_codes: frozenset[str] | None = None,
         **params: Any,
     ) -> Confirmation:
         failure: Exception | None = None
@@ -132,6 +148,12 @@ class Completer:
                 else:
                     return Confirmation.CONFIRMED
             kind = classify(failure)
+            if (
+                kind is ErrorKind.TASK_CLOSED
+                and closed_codes is not None
+                and error_code(failure) not in closed_codes
+            ):
+                return Confirmation.HEARTBEAT_REFUSED
             if kind is ErrorKind.TASK_CLOSED:
                 log.info(
                     "%s: task already closed (%s) %s", api, error_code(failure), token_ref(token)

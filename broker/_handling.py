@@ -14,6 +14,7 @@ get the same handler timeout, the same heartbeats and the same error names:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
@@ -40,6 +41,8 @@ __all__ = [
     "send_heartbeats",
     "unexpected_failure",
 ]
+
+log = logging.getLogger("broker.handling")
 
 MAX_OUTPUT_BYTES: Final = 262_144
 
@@ -146,6 +149,13 @@ async def send_heartbeats(
         confirmation = await completer.heartbeat(token)
         if confirmation is Confirmation.TASK_CLOSED:
             on_closed()
+            return
+        if confirmation is Confirmation.HEARTBEAT_REFUSED:
+            log.warning(
+                "heartbeats for %s stopped: Step Functions answered InvalidToken (the "
+                "emulators do when the state sets no HeartbeatSeconds); the handler goes on",
+                token_ref(token),
+            )
             return
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
-from ._aws import AwsClients, ErrorKind, SfnApi, SqsApi, classify, error_code
+from ._aws import AwsClients, SfnApi, SqsApi, error_code
 from ._stats import Stats
 from ._tracing import Tracer
 
@@ -67,7 +67,8 @@ def _count_error(stats: Stats, api: str, exc: Exception) -> None:
     if "throttl" in code.lower() or code in ("RequestLimitExceeded", "TooManyRequestsException"):
         stats.throttles[api] += 1
     if api == "SendTaskHeartbeat":
-        closed = classify(exc) is ErrorKind.TASK_CLOSED
+        # Only these two mean the workflow gave up (see Completer.heartbeat).
+        closed = code in ("TaskTimedOut", "TaskDoesNotExist")
         stats.heartbeats["closed" if closed else "failed"] += 1
 
 

@@ -164,6 +164,11 @@ class BrokerSettings(BaseSettings):
     completion_burst: int | None = Field(
         default=None, ge=1, description="Token-bucket burst for the cap (default: one second)."
     )
+    fast_completions: bool = Field(
+        default=False,
+        description="Send SendTask* calls signed and sent by the broker itself, not through "
+        "botocore: about half the CPU per task (docs/benchmarks.md).",
+    )
     completion_max_attempts: int = Field(
         default=6, ge=1, description="Tries of one completion call on throttling/5xx/network."
     )

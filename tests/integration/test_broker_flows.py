@@ -405,3 +405,44 @@ async def test_drain_hands_cut_off_messages_back_at_once(
         )
     assert [results[arn].status for arn in arns] == ["SUCCEEDED"] * 3
     await assert_queues_drained(aws, queue)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+async def test_fast_completions_complete_fail_and_heartbeat_on_moto(
+    aws: EmbeddedAws, seed_flows: SeedFlows, fast: bool
+) -> None:
+    router = Router()
+
+    @router.handler("ok")
+    async def ok(task: Task[Any]) -> dict[str, Any]:
+        return {"echo": task.payload}
+
+    @router.handler("no")
+    async def no(task: Task[Any]) -> None:
+        raise TaskFailed("Order.Rejected", "out of stock")
+
+    @router.handler("slow", heartbeat_s=0.2)
+    async def slow(task: Task[Any]) -> str:
+        await anyio.sleep(1)
+        return "slow but alive"
+
+    settings = settings_for(
+        aws,
+        QueueSettings(name=seed_flows.queues["callback"], type_field="input.kind"),
+        fast_completions=fast,
+    )
+    inputs = [{"kind": "ok"}, {"kind": "no"}, {"kind": "nobody"}, {"kind": "slow"}]
+    async with running(settings, router) as broker:
+        results = await run_executions(aws, seed_flows.state_machines["callback"], inputs)
+    assert [(r.status, r.output, r.error) for r in results] == [
+        ("SUCCEEDED", {"echo": {"kind": "ok"}}, None),
+        ("FAILED", None, "Order.Rejected"),
+        ("FAILED", None, "Broker.UnknownMessageType"),
+        ("SUCCEEDED", "slow but alive", None),
+    ]
+    # The seed state sets no HeartbeatSeconds, so moto answers the heartbeat InvalidToken:
+    # heartbeats stop, the handler goes on, its completion decides.
+    assert broker.stats.aws_seconds["SendTaskHeartbeat"].count == 1
+    assert broker.stats.heartbeats["failed"] == 1
+    assert broker.stats.aws_seconds["SendTaskSuccess"].count == 2
+    await assert_queues_drained(aws, seed_flows.queues["callback"])

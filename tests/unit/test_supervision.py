@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 
 from broker import Outcome, QueueSettings, Router, Task, TaskClosed
-from broker.testing import FakeSfn, FakeSqs, TestBroker
+from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error
 
 from .conftest import make_settings
 
@@ -84,6 +84,27 @@ async def test_heartbeat_answered_task_closed_cancels_the_handler_and_drops_the_
     assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
     assert tb.sqs.count("tasks") == 0
     assert sfn.calls["send_task_success"] == 0
+
+
+async def test_heartbeat_answered_invalid_token_stops_heartbeats_but_not_the_work() -> None:
+    # The emulators answer InvalidToken for a state without HeartbeatSeconds: cancelling
+    # on it would leave the workflow waiting for a task nobody runs.
+    sfn = FakeSfn()
+    router = Router()
+
+    @router.handler("long", heartbeat_s=0.05)
+    async def long(task: Task[Any]) -> str:
+        await anyio.sleep(0.5)
+        await task.heartbeat()  # refused as well: no TaskClosed either
+        return "done"
+
+    sfn.fail_next("send_task_heartbeat", client_error("InvalidToken"), times=2)
+    settings = make_settings(QueueSettings(name="tasks", wait_time_s=1))
+    async with TestBroker(router, settings, sfn=sfn) as tb:
+        token = await tb.start_task({}, message_type="long")
+        await tb.wait_idle()
+    assert tb.sfn.outcomes[token].output == "done"
+    assert sfn.calls["send_task_heartbeat"] == 2  # one scheduled, one asked; then no more
 
 
 async def test_task_heartbeat_raises_task_closed_and_the_message_is_dropped() -> None:
