@@ -17,12 +17,20 @@ from .harness import SHUTDOWN_GRACE_S, run
 pytestmark = pytest.mark.faults
 
 
+@pytest.mark.parametrize("fast_completions", [False, True], ids=["botocore", "fast"])
 def test_every_task_gets_its_decided_outcome_under_faults_and_kills(
-    tmp_path: Path, record_table: list[str]
+    tmp_path: Path, record_table: list[str], fast_completions: bool
 ) -> None:
     tasks = int(os.environ.get("FAULT_TASKS", "1000"))
-    report = run(tasks=tasks, kills=3, log_path=tmp_path / "broker.log", timeout_s=240)
-    record_table.append(report.table())
+    report = run(
+        tasks=tasks,
+        kills=3,
+        log_path=tmp_path / "broker.log",
+        timeout_s=240,
+        fast_completions=fast_completions,
+    )
+    transport = "fast completions" if fast_completions else "botocore completions"
+    record_table.append(f"{transport}\n{report.table()}")
     print(report.table())
 
     # The run really was hostile: every kind of fault happened, the broker was killed.
