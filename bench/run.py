@@ -91,6 +91,12 @@ def contenders() -> list[Contender]:
         ),
         Contender("broker tuned", tuned, (BROKER, "run"), broker_env + tuple(BROKER_TUNED.items())),
         Contender(
+            "broker tuned, fast completions",
+            f"{tuned}, fast_completions=true (SendTask* signed and sent without botocore)",
+            (BROKER, "run"),
+            broker_env + tuple(BROKER_TUNED.items()) + (("BROKER_FAST_COMPLETIONS", "true"),),
+        ),
+        Contender(
             "broker, lean hot path",
             "defaults; an experiment: SendTaskSuccess/Failure, ReceiveMessage, "
             "DeleteMessageBatch signed and sent without botocore (bench/contenders/broker_lean.py)",

@@ -222,7 +222,8 @@ async def _fast_sfn(
 
     connector = aiohttp.TCPConnector(limit=settings.completion_concurrency + 8)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=15)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+    # trust_env: HTTP(S)_PROXY / NO_PROXY apply, as they do to botocore.
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as http:
         yield cast(
             SfnApi,
             FastSfn(http, sfn.meta.endpoint_url, sfn.meta.region_name, fresh, fallback=sfn),
