@@ -10,18 +10,9 @@ from pathlib import Path
 import pytest
 
 from broker._emulator import EmbeddedAws, SeedFlows, deploy_seed_flows
+from tests.flows import ENV_OVERRIDES
 
 _HERE = Path(__file__).parent
-
-# Variables that would send an SDK somewhere else than AWS_ENDPOINT_URL, or make it look
-# for a profile that does not exist here.
-_ENV_OVERRIDES = (
-    "AWS_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_SFN",
-    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,7 +38,7 @@ def seed_flows(aws: EmbeddedAws, request: pytest.FixtureRequest) -> SeedFlows:
 
 @pytest.fixture
 def aws_env(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in _ENV_OVERRIDES:
+    for name in ENV_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     env = aws.env()
     for name, value in env.items():

@@ -8,35 +8,22 @@ with the handler's error, and nothing is left in the queues.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
-from broker import Broker, BrokerSettings, QueueSettings, Router, Task, TaskFailed
+from broker import BrokerSettings, QueueSettings, Router, Task, TaskFailed
 from broker._emulator import (
     EmbeddedAws,
-    ExecutionResult,
     SeedFlows,
     start_executions,
     wait_for_executions,
 )
 from handlers.seeds import router as seed_router
+from tests.flows import assert_queues_drained, run_executions, running
 
 pytestmark = pytest.mark.usefixtures("aws_env")
-
-
-@asynccontextmanager
-async def running(settings: BrokerSettings, router: Router) -> AsyncIterator[Broker]:
-    broker = Broker(settings, router)
-    async with anyio.create_task_group() as tg:
-        await tg.start(lambda task_status: broker.run(task_status=task_status))
-        try:
-            yield broker
-        finally:
-            broker.request_stop()
 
 
 def settings_for(aws: EmbeddedAws, *queues: QueueSettings, **overrides: Any) -> BrokerSettings:
@@ -49,40 +36,6 @@ def settings_for(aws: EmbeddedAws, *queues: QueueSettings, **overrides: Any) -> 
         http_port=0,
         **overrides,
     )
-
-
-async def run_executions(
-    aws: EmbeddedAws, machine: str, inputs: Sequence[Mapping[str, Any]], timeout_s: float = 60
-) -> list[ExecutionResult]:
-    arns = await anyio.to_thread.run_sync(
-        lambda: start_executions(aws, machine, inputs, name_prefix="it")
-    )
-    results = await anyio.to_thread.run_sync(
-        lambda: wait_for_executions(aws, arns, timeout_s=timeout_s)
-    )
-    return [results[arn] for arn in arns]
-
-
-async def assert_queues_drained(aws: EmbeddedAws, *urls: str) -> None:
-    sqs = aws.client("sqs")
-    # Deletes are flushed after a short linger; give them a moment.
-    with anyio.fail_after(10):
-        while True:
-            counts = []
-            for url in urls:
-                attributes = await anyio.to_thread.run_sync(
-                    lambda url=url: sqs.get_queue_attributes(
-                        QueueUrl=url,
-                        AttributeNames=[
-                            "ApproximateNumberOfMessages",
-                            "ApproximateNumberOfMessagesNotVisible",
-                        ],
-                    )["Attributes"]
-                )
-                counts.append(sum(int(v) for v in attributes.values()))
-            if not any(counts):
-                return
-            await anyio.sleep(0.1)
 
 
 async def test_two_queues_both_seed_body_shapes(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:

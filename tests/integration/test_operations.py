@@ -10,47 +10,25 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from broker import Broker, QueueSettings, Router, Task, TaskFailed
 from broker._emulator import EmbeddedAws, SeedFlows
-from broker._logging import configure_logging
+from tests.flows import run_executions
+from tests.observing import http_get, json_logs, samples
 
-from .test_broker_flows import run_executions, settings_for
+from .test_broker_flows import settings_for
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 @pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    configure_logging("DEBUG", "json", stream=buffer)
-    yield buffer
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-
-
-async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(b"GET /metrics HTTP/1.1\r\n\r\n")
-        reply = b""
-        try:
-            while True:
-                reply += await stream.receive()
-        except anyio.EndOfStream:
-            pass
-    text = reply.partition(b"\r\n\r\n")[2].decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def logs() -> Iterator[io.StringIO]:
+    with json_logs("DEBUG") as buffer:
+        yield buffer
 
 
 async def test_metrics_match_an_end_to_end_run_and_no_token_leaks(
-    aws: EmbeddedAws, seed_flows: SeedFlows, json_logs: io.StringIO
+    aws: EmbeddedAws, seed_flows: SeedFlows, logs: io.StringIO
 ) -> None:
     queue = seed_flows.queues["callback"]
     tokens: list[str] = []
@@ -79,7 +57,8 @@ async def test_metrics_match_an_end_to_end_run_and_no_token_leaks(
             with anyio.fail_after(10):
                 while sum(broker.stats.outcomes.values()) < len(inputs):
                     await anyio.sleep(0.05)
-            found = await scrape(broker.http_port)
+            _, body = await http_get(broker.http_port, "/metrics")
+            found = samples(body)
         finally:
             broker.request_stop()
 
@@ -101,7 +80,7 @@ async def test_metrics_match_an_end_to_end_run_and_no_token_leaks(
     assert value("broker_ready") == 1
 
     assert len(tokens) == 6
-    logged = json_logs.getvalue()
+    logged = logs.getvalue()
     assert '"event":"outcome"' in logged
     metrics_text = repr(found)
     for token in tokens:

@@ -17,15 +17,9 @@ import pytest
 
 from broker._emulator import SeedFlows, deploy_seed_flows
 from broker._localstack import LocalStackAws, localstack_endpoint, localstack_health
+from tests.flows import ENV_OVERRIDES
 
 _HERE = Path(__file__).parent
-_ENV_OVERRIDES = (
-    "AWS_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_SFN",
-    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-)
 
 
 def _required() -> bool:
@@ -72,7 +66,7 @@ def seed_flows(localstack: LocalStackAws, unique: str) -> SeedFlows:
 
 @pytest.fixture(autouse=True)
 def localstack_env(localstack: LocalStackAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in _ENV_OVERRIDES:
+    for name in ENV_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     env = localstack.env()
     for name, value in env.items():

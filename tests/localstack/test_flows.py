@@ -6,30 +6,25 @@ callbacks, and the activity worker (seed 003), which moto cannot run.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 import pytest
 
-from broker import ActivitySettings, Broker, BrokerSettings, QueueSettings, Router
-from broker._emulator import ExecutionResult, SeedFlows, start_executions, wait_for_executions
+from broker import ActivitySettings, BrokerSettings, QueueSettings
+from broker._emulator import ExecutionResult, SeedFlows
 from broker._localstack import LocalStackAws, deploy_activity_flow
 from handlers.seeds import router as seed_router
+from tests.flows import assert_queues_drained, run_executions, running
 
 from .handlers import router as slow_router
 
 
-@asynccontextmanager
-async def running(settings: BrokerSettings, router: Router) -> AsyncIterator[Broker]:
-    broker = Broker(settings, router)
-    async with anyio.create_task_group() as tg:
-        await tg.start(lambda task_status: broker.run(task_status=task_status))
-        try:
-            yield broker
-        finally:
-            broker.request_stop()
+async def run_executions_ls(
+    aws: LocalStackAws, machine: str, inputs: Sequence[Mapping[str, Any]], timeout_s: float = 60
+) -> list[ExecutionResult]:
+    return await run_executions(aws, machine, inputs, timeout_s, name_prefix="ls")
 
 
 def settings_for(aws: LocalStackAws, **values: Any) -> BrokerSettings:
@@ -42,35 +37,6 @@ def settings_for(aws: LocalStackAws, **values: Any) -> BrokerSettings:
         shutdown_grace_s=2,
         **values,
     )
-
-
-async def run_executions(
-    aws: LocalStackAws, machine: str, inputs: Sequence[Mapping[str, Any]], timeout_s: float = 60
-) -> list[ExecutionResult]:
-    arns = await anyio.to_thread.run_sync(
-        lambda: start_executions(aws, machine, inputs, name_prefix="ls")
-    )
-    results = await anyio.to_thread.run_sync(
-        lambda: wait_for_executions(aws, arns, timeout_s=timeout_s)
-    )
-    return [results[arn] for arn in arns]
-
-
-async def queue_depth(aws: LocalStackAws, url: str) -> int:
-    sqs = aws.client("sqs")
-    attributes = await anyio.to_thread.run_sync(
-        lambda: sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-    )
-    return sum(int(v) for v in attributes.values())
-
-
-async def assert_queues_drained(aws: LocalStackAws, *urls: str) -> None:
-    with anyio.fail_after(10):
-        while any([await queue_depth(aws, url) for url in urls]):
-            await anyio.sleep(0.1)
 
 
 async def test_sqs_callback_in_both_seed_body_shapes(
@@ -86,10 +52,10 @@ async def test_sqs_callback_in_both_seed_body_shapes(
         ),
     )
     async with running(settings, seed_router):
-        callbacks = await run_executions(
+        callbacks = await run_executions_ls(
             localstack, seed_flows.state_machines["callback"], [{"n": i} for i in range(3)]
         )
-        verifications = await run_executions(
+        verifications = await run_executions_ls(
             localstack,
             seed_flows.state_machines["verification"],
             [{"in": "SUCCESS"}, {"in": "RANDOM"}],
@@ -115,7 +81,7 @@ async def test_choice_state_purchase_and_refund_through_callbacks(
     )
     inputs = [{"TransactionType": "PURCHASE"}, {"TransactionType": "REFUND"}] * 2
     async with running(settings, seed_router):
-        results = await run_executions(
+        results = await run_executions_ls(
             localstack, seed_flows.state_machines["transactions"], inputs
         )
     assert [r.status for r in results] == ["SUCCEEDED"] * 4
@@ -137,7 +103,7 @@ async def test_activity_worker_success_and_failure_inputs(
         ),
     )
     async with running(settings, seed_router) as broker:
-        results = await run_executions(
+        results = await run_executions_ls(
             localstack,
             flow.state_machine_arn,
             [{"in": "SUCCESS"}, {"in": "RANDOM"}, {"in": "SUCCESS"}],
@@ -158,7 +124,7 @@ async def test_activity_by_arn_created_at_start_up_and_routed_by_a_type_field(
     async with running(settings, slow_router):
         # The broker created the activity; the state machine is deployed on top of it.
         flow = await anyio.to_thread.run_sync(lambda: deploy_activity_flow(localstack, name=unique))
-        (result,) = await run_executions(
+        (result,) = await run_executions_ls(
             localstack, flow.state_machine_arn, [{"kind": "slow-silent", "sleep_s": 0}]
         )
     assert result.status == "SUCCEEDED"
@@ -181,7 +147,7 @@ async def test_heartbeats_keep_a_slow_activity_alive(
         localstack, activities=(ActivitySettings(name=unique, handler=handler),)
     )
     async with running(settings, slow_router):
-        (result,) = await run_executions(localstack, flow.state_machine_arn, [{"sleep_s": 5}])
+        (result,) = await run_executions_ls(localstack, flow.state_machine_arn, [{"sleep_s": 5}])
     assert (result.status, result.error) == (status, error)
     if status == "SUCCEEDED":
         assert result.output == {"slept": 5}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,37 +12,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import BrokerSettings, QueueSettings, Router, Task, TaskFailed
-from broker._logging import configure_logging, redact_tokens
+from broker._logging import redact_tokens
 from broker._metrics import METRIC_NAMES
 from broker._redact import token_ref
 from broker.testing import FakeSqs, TestBroker, client_error
+from tests.observing import http_get, json_logs, samples, value
 
 from .conftest import make_settings
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        reply = b""
-        try:
-            while True:
-                reply += await stream.receive()
-        except anyio.EndOfStream:
-            pass
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
-
-
-def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def value(found: dict[Any, float], name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
 
 
 def router() -> Router:
@@ -184,17 +159,12 @@ async def test_unknown_paths_and_methods() -> None:
 
 
 @pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    configure_logging("INFO", "json", stream=buffer)
-    yield buffer
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
+def logs() -> Iterator[io.StringIO]:
+    with json_logs("INFO") as buffer:
+        yield buffer
 
 
-async def test_one_json_event_per_outcome_and_no_token_anywhere(json_logs: io.StringIO) -> None:
+async def test_one_json_event_per_outcome_and_no_token_anywhere(logs: io.StringIO) -> None:
     r = router()
 
     @r.handler("leaky")
@@ -205,7 +175,7 @@ async def test_one_json_event_per_outcome_and_no_token_anywhere(json_logs: io.St
     async with TestBroker(r, http_settings(max_attempts=1)) as tb:
         tokens = [await tb.start_task({}, message_type=t) for t in ("ok", "no", "leaky")]
         await tb.wait_idle()
-    lines = [orjson.loads(line) for line in json_logs.getvalue().splitlines()]
+    lines = [orjson.loads(line) for line in logs.getvalue().splitlines()]
     events = {e["type"]: e for e in lines if e.get("event") == "outcome"}
     assert set(events) == {"ok", "no", "leaky"}
     assert events["ok"]["outcome"] == "succeeded"
@@ -217,7 +187,7 @@ async def test_one_json_event_per_outcome_and_no_token_anywhere(json_logs: io.St
         assert event["receive_count"] == 1
         assert event["message_id"].startswith("m-")
         assert event["duration_ms"] >= 0
-    text = json_logs.getvalue()
+    text = logs.getvalue()
     for token in tokens:
         assert token not in text
 
