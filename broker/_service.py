@@ -295,12 +295,20 @@ class Broker:
         return MetricsCollector(
             self.stats,
             BrokerGauges(
-                in_flight=lambda: {c.queue.name: c.in_flight for c in self.consumers},
+                in_flight=self._in_flight_by_source,
                 free_slots=lambda: {c.queue.name: c.free_slots for c in self.consumers},
                 ready=lambda: self._ready,
                 draining=lambda: self._stop_requested,
             ),
         )
+
+    def _in_flight_by_source(self) -> dict[str, int]:
+        """Handlers running per queue and per activity (its pollers together)."""
+        running = {consumer.queue.name: consumer.in_flight for consumer in self.consumers}
+        for poller in self.activity_pollers:
+            name = poller.activity.name
+            running[name] = running.get(name, 0) + poller.in_flight
+        return running
 
     def _summary(self) -> str:
         parts = [f"{outcome.value}={self.stats.total(outcome)}" for outcome in Outcome]

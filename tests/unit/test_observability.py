@@ -11,11 +11,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import BrokerSettings, QueueSettings, Router, Task, TaskFailed
+from broker import ActivitySettings, BrokerSettings, QueueSettings, Router, Task, TaskFailed
 from broker._logging import redact_tokens
 from broker._metrics import METRIC_NAMES
 from broker._redact import token_ref
-from broker.testing import FakeSqs, TestBroker, client_error
+from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error
 from tests.observing import http_get, json_logs, samples, value
 
 from .conftest import make_settings
@@ -198,3 +198,33 @@ def test_long_secrets_are_replaced_by_their_reference() -> None:
     assert redact_tokens("queue https://sqs.us-east-1.amazonaws.com/1/q") == (
         "queue https://sqs.us-east-1.amazonaws.com/1/q"
     )
+
+
+async def test_activity_handlers_show_in_the_in_flight_gauge() -> None:
+    release = anyio.Event()
+    r = Router()
+
+    @r.handler("hold")
+    async def hold(task: Task[Any]) -> str:
+        await release.wait()
+        return "done"
+
+    settings = make_settings(
+        queues=(),
+        activities=(ActivitySettings(name="act", handler="hold", pollers=2),),
+        http_port=0,
+        http_host="127.0.0.1",
+    )
+    async with TestBroker(r, settings, sfn=FakeSfn(activity_poll_s=0.2)) as tb:
+        port = tb.broker.http_port
+        assert port
+        token = tb.start_activity_task({})
+        with anyio.fail_after(5):
+            while not tb.broker.in_flight:
+                await anyio.sleep(0.01)
+        _, body = await http_get(port, "/metrics")
+        release.set()
+    found = samples(body)
+    assert value(found, "broker_handlers_in_flight", queue="act") == 1
+    assert value(found, "broker_messages_received_total", queue="act") == 1
+    assert tb.sfn.outcomes[token].output == "done"
