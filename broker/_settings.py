@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -221,24 +222,15 @@ class BrokerSettings(BaseSettings):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
 
-    @field_validator("queues")
+    @field_validator("queues", "activities")
     @classmethod
-    def _unique_queues(cls, value: tuple[QueueSettings, ...]) -> tuple[QueueSettings, ...]:
-        names = [queue.name for queue in value]
+    def _listed_once(
+        cls, value: tuple[QueueSettings | ActivitySettings, ...], info: ValidationInfo
+    ) -> tuple[QueueSettings | ActivitySettings, ...]:
+        names = [item.name for item in value]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"queues listed twice: {', '.join(duplicates)}")
-        return value
-
-    @field_validator("activities")
-    @classmethod
-    def _unique_activities(
-        cls, value: tuple[ActivitySettings, ...]
-    ) -> tuple[ActivitySettings, ...]:
-        names = [activity.name for activity in value]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"activities listed twice: {', '.join(duplicates)}")
+            raise ValueError(f"{info.field_name} listed twice: {', '.join(duplicates)}")
         return value
 
     @field_validator("handlers")
