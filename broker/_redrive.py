@@ -144,7 +144,8 @@ async def redrive(
                     urls[destination] = await _url_or_none(sqs, destination)
                 url = urls[destination]
                 sent = await _send_back(sqs, url, batch, run_id) if url else []
-                report.moved[destination] += len(sent)
+                if sent:
+                    report.moved[destination] += len(sent)
                 report.failed += len(batch) - len(sent)
                 sent_ids = {m["MessageId"] for m in sent}
                 kept.update(
