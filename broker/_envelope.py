@@ -181,6 +181,8 @@ def _too_deep(body: str | bytes, spec: EnvelopeSpec) -> Poison:
     return Poison(PoisonReason.TOO_DEEP, detail)
 
 
+#: Brackets and strings the deep-body scan steps over at most (about 30 ms).
+_SCAN_BUDGET: Final = 100_000
 _WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
 _STRUCTURE: Final = re.compile(r'["\[\]{}]')
 _SCALAR: Final = re.compile(r"[^,}\]\s]*")
@@ -191,9 +193,12 @@ def _top_level_strings(text: str, names: Sequence[str]) -> dict[str, str]:
 
     A scanner, not a parser: nested values are skipped by counting brackets (strings
     honoured), without recursion, so any depth is read.  Whatever it cannot follow ends
-    the scan with what was found so far.
+    the scan with what was found so far, and so does the ``_SCAN_BUDGET``-th bracket or
+    string: the scan runs on the event loop, and 1 MiB of brackets would hold it for
+    a third of a second.
     """
     found: dict[str, str] = {}
+    budget = [_SCAN_BUDGET]
     wanted = set(names)
     pos = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
     if not text.startswith("{", pos):
@@ -214,7 +219,7 @@ def _top_level_strings(text: str, names: Sequence[str]) -> dict[str, str]:
                 if key in wanted:
                     found.setdefault(key, value)
             elif text.startswith(("{", "["), pos):
-                pos = _skip_nested(text, pos)
+                pos = _skip_nested(text, pos, budget)
             else:
                 pos = _SCALAR.match(text, pos).end()  # type: ignore[union-attr]
             pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
@@ -225,13 +230,14 @@ def _top_level_strings(text: str, names: Sequence[str]) -> dict[str, str]:
         return found
 
 
-def _skip_nested(text: str, pos: int) -> int:
+def _skip_nested(text: str, pos: int, budget: list[int]) -> int:
     """The position after the array or object that starts at ``pos``."""
     depth = 0
     while True:
         match = _STRUCTURE.search(text, pos)
-        if match is None:
-            raise ValueError("unbalanced")
+        budget[0] -= 1
+        if match is None or budget[0] < 0:
+            raise ValueError("unbalanced, or past the scan's budget")
         char, pos = match.group(), match.end()
         if char == '"':
             _, pos = json.decoder.scanstring(text, pos)  # type: ignore[attr-defined]

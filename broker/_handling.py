@@ -124,8 +124,9 @@ def invalid_input_cause(exc: ValidationError, limit: int = MAX_CAUSE_CHARS) -> s
     """pydantic's error list as JSON (without the input values), within ``limit``.
 
     A long list is cut as a list, never as text, so the cause stays valid JSON: the
-    errors that fit, then one entry of type ``broker.truncated`` saying how many were
-    left out.
+    errors that fit (one error over 2,048 characters loses its ``ctx`` and has its
+    texts cut to 256), then one entry of type ``broker.truncated`` saying how many
+    were left out.
     """
     whole = exc.json(include_url=False, include_input=False)
     if len(whole) <= limit:
@@ -143,12 +144,14 @@ def invalid_input_cause(exc: ValidationError, limit: int = MAX_CAUSE_CHARS) -> s
         kept.append(text)
         used += len(text) + 1
     left_out = len(errors) - len(kept)
-    note = {
-        "type": "broker.truncated",
-        "loc": [],
-        "msg": f"{left_out} more error(s) of {len(errors)} not shown (cause limit {limit})",
-    }
-    return "[" + ",".join([*kept, _json_text(note)]) + "]"
+    if left_out:
+        note = {
+            "type": "broker.truncated",
+            "loc": [],
+            "msg": f"{left_out} more error(s) of {len(errors)} not shown (cause limit {limit})",
+        }
+        kept.append(_json_text(note))
+    return "[" + ",".join(kept) + "]"
 
 
 def _shortened(error: Any) -> dict[str, Any]:

@@ -126,7 +126,6 @@ class MessageProcessor:
             # Read no further (nested too deep), but the token is known: fail the task
             # now rather than leave the workflow waiting for its timeout.
             note_token(parsed.token)
-            note_type("unknown")
             return await self._fail(
                 queue,
                 message,
