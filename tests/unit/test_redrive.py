@@ -165,3 +165,30 @@ async def test_redrive_finishes_while_a_broker_dead_letters_the_copies_again() -
         await tb.wait_idle()
         assert again.total_moved == 15
         assert sqs.count("dlq") == 15
+
+
+async def test_a_redriven_copy_of_an_exhausted_task_is_dropped_not_dead_lettered_again() -> None:
+    sqs = FakeSqs()
+    settings = make_settings(QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"))
+    router = Router()
+    runs = 0
+
+    @router.handler("broken", max_attempts=1)
+    async def broken(task: Task[Any]) -> None:
+        nonlocal runs
+        runs += 1
+        raise RuntimeError("still broken")
+
+    async with TestBroker(router, settings, sqs=sqs) as tb:
+        token = await tb.start_task({}, message_type="broken")
+        await tb.wait_idle()
+        assert sqs.count("dlq") == 1
+        with anyio.fail_after(10):
+            report = await redrive(sqs, "dlq")
+        await tb.wait_idle()
+    assert report.total_moved == 1
+    # The handler ran again; its failure was answered "task closed": dropped, no new copy.
+    assert runs == 2
+    assert tb.sfn.outcomes[token].error == "RuntimeError"
+    assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
+    assert (sqs.count("dlq"), sqs.count("tasks")) == (0, 0)
