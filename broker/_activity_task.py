@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from ._completer import Completer, Confirmation
-from ._envelope import lookup_path
+from ._envelope import MAX_JSON_DEPTH, is_too_deep, load_json, lookup_path
 from ._errors import ErrorName
 from ._events import message_record, note_token, note_type, settled
 from ._handling import (
@@ -28,6 +28,7 @@ from ._handling import (
     WorkflowGaveUp,
     encode_output,
     heartbeat_or_raise,
+    invalid_input_cause,
     run_supervised,
     unexpected_failure,
 )
@@ -109,8 +110,14 @@ class ActivityTaskProcessor:
         self, activity: ActivityRuntime, token: str, raw_input: str | None
     ) -> Outcome:
         try:
-            payload: Any = orjson.loads(raw_input or "null")
+            payload: Any = load_json(raw_input or "null")
         except orjson.JSONDecodeError as exc:
+            if is_too_deep(exc):
+                # Valid JSON, nested deeper than the broker reads.
+                cause = f"input is nested deeper than {MAX_JSON_DEPTH} levels"
+                return await self._fail(
+                    activity, token, ErrorName.INVALID_INPUT, cause, Outcome.INVALID_INPUT
+                )
             # Step Functions only hands out JSON; this is a defensive branch.
             return await self._fail(
                 activity, token, ErrorName.INVALID_INPUT, f"input is not JSON: {exc}"
@@ -125,7 +132,7 @@ class ActivityTaskProcessor:
             try:
                 payload = route.payload_adapter.validate_python(payload)
             except ValidationError as exc:
-                cause = exc.json(include_url=False, include_input=False)
+                cause = invalid_input_cause(exc)
                 return await self._fail(
                     activity, token, ErrorName.INVALID_INPUT, cause, Outcome.INVALID_INPUT
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -10,22 +11,52 @@ from ._deleter import DeleteBatcher
 from ._envelope import EnvelopeSpec
 from ._settings import QueueSettings
 
-__all__ = ["MAX_MESSAGE_BYTES", "QueueRuntime", "ReceivedMessage", "message_size"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "REDRIVEN_ATTRIBUTE",
+    "QueueRuntime",
+    "ReceivedMessage",
+    "message_size",
+    "without_surrogates",
+]
 
 #: SQS's limit on one message: body plus every attribute's name, type and value.
 MAX_MESSAGE_BYTES: Final = 1_048_576
+#: Set by ``broker redrive`` on every copy it sends back (the run's id), and carried
+#: onto a new dead-letter copy of such a message (see ``broker/_redrive.py``).
+REDRIVEN_ATTRIBUTE: Final = "broker.redriven"
 
 
 def message_size(body: str, attributes: Mapping[str, Any]) -> int:
-    """Bytes SQS counts against ``MAX_MESSAGE_BYTES`` for this body and attributes."""
-    size = len(body.encode("utf-8"))
+    """Bytes SQS counts against ``MAX_MESSAGE_BYTES`` for this body and attributes.
+
+    Never raises: a lone surrogate (which SQS refuses, but a fake or a handler can
+    produce) counts as the 3 bytes of the U+FFFD that replaces it in a copy.
+    """
+    size = _utf8_len(body)
     for name, value in attributes.items():
-        size += len(name.encode("utf-8")) + len(str(value.get("DataType", "")).encode("utf-8"))
+        size += _utf8_len(name) + _utf8_len(str(value.get("DataType", "")))
         if "StringValue" in value:
-            size += len(str(value["StringValue"]).encode("utf-8"))
+            size += _utf8_len(str(value["StringValue"]))
         if "BinaryValue" in value:
             size += len(value["BinaryValue"])
     return size
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD: what SQS can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,19 +20,34 @@ from ._aws import ErrorKind, SqsApi, classify, error_code
 from ._completer import Completer, Confirmation
 from ._envelope import Envelope, Poison, parse_envelope
 from ._errors import ErrorName, NonRetryable, RetryLater
-from ._events import message_record, note_error, note_token, note_type, settled
+from ._events import (
+    current_token,
+    message_record,
+    note_error,
+    note_token,
+    note_type,
+    settled,
+)
 from ._handling import (
     MAX_OUTPUT_BYTES,
     encode_output,
     heartbeat_or_raise,
+    invalid_input_cause,
     run_supervised,
     unexpected_failure,
 )
 from ._handling import Failure as _Failure
 from ._handling import TimedOut as _TimedOut
 from ._handling import WorkflowGaveUp as _WorkflowGaveUp
-from ._message import MAX_MESSAGE_BYTES, QueueRuntime, ReceivedMessage, message_size
-from ._redact import token_ref
+from ._message import (
+    MAX_MESSAGE_BYTES,
+    REDRIVEN_ATTRIBUTE,
+    QueueRuntime,
+    ReceivedMessage,
+    message_size,
+    without_surrogates,
+)
+from ._redact import redact, token_ref
 from ._router import Route, Router
 from ._stats import Outcome, Stats
 from ._task import Task
@@ -107,6 +122,18 @@ class MessageProcessor:
 
     async def _decide(self, queue: QueueRuntime, message: ReceivedMessage) -> Outcome:
         parsed = parse_envelope(message.body, message.attributes, queue.spec)
+        if isinstance(parsed, Poison) and parsed.token is not None:
+            # Read no further (nested too deep), but the token is known: fail the task
+            # now rather than leave the workflow waiting for its timeout.
+            note_token(parsed.token)
+            return await self._fail(
+                queue,
+                message,
+                parsed.token,
+                ErrorName.INVALID_INPUT,
+                parsed.detail,
+                Outcome.INVALID_INPUT,
+            )
         if isinstance(parsed, Poison):
             return await self._poison(queue, message, parsed)
 
@@ -149,7 +176,7 @@ class MessageProcessor:
             try:
                 payload = route.payload_adapter.validate_python(parsed.payload)
             except ValidationError as exc:
-                cause = exc.json(include_url=False, include_input=False)
+                cause = invalid_input_cause(exc)
                 return await self._fail(
                     queue,
                     message,
@@ -291,9 +318,11 @@ class MessageProcessor:
             token_ref(token),
         )
         confirmation = await self._completer.fail(token, error, cause)
+        if confirmation is Confirmation.TASK_CLOSED and _redriven(message):
+            return await self._drop_redriven(queue, message, token)
         if confirmation.settled and queue.dead_letter_url is not None:
             detail = f"{error}: {cause}"
-            if not await self._dead_letter(queue, message, "AttemptsExhausted", detail):
+            if not await self._dead_letter(queue, message, "AttemptsExhausted", detail, token):
                 # The task is failed, but the copy is what an operator re-drives: keep
                 # the message, so that its next delivery makes the copy.
                 return Outcome.EXHAUSTED
@@ -360,10 +389,29 @@ class MessageProcessor:
         )
         if not confirmation.settled:
             return Outcome.UNCONFIRMED
-        copied = await self._dead_letter(queue, message, "UnknownMessageType", cause)
+        if confirmation is Confirmation.TASK_CLOSED and _redriven(message):
+            return await self._drop_redriven(queue, message, envelope.token)
+        copied = await self._dead_letter(
+            queue, message, "UnknownMessageType", cause, envelope.token
+        )
         if copied or queue.dead_letter_url is None:
             await queue.deleter.delete(message.receipt_handle)
         return Outcome.UNKNOWN_TYPE
+
+    async def _drop_redriven(
+        self, queue: QueueRuntime, message: ReceivedMessage, token: str
+    ) -> Outcome:
+        """A redriven copy of a task that is closed already: its DLQ copy was made the
+        first time; copying it again would only feed the next redrive (docs/errors.md).
+        """
+        log.info(
+            "message %s on %s was redriven, but its task is closed already (%s): dropped",
+            message.message_id,
+            queue.name,
+            token_ref(token),
+        )
+        await queue.deleter.delete(message.receipt_handle)
+        return Outcome.TASK_CLOSED
 
     async def _poison(
         self, queue: QueueRuntime, message: ReceivedMessage, poison: Poison
@@ -385,11 +433,23 @@ class MessageProcessor:
         return Outcome.POISON
 
     async def _dead_letter(
-        self, queue: QueueRuntime, message: ReceivedMessage, reason: str, detail: str
+        self,
+        queue: QueueRuntime,
+        message: ReceivedMessage,
+        reason: str,
+        detail: str,
+        token: str | None = None,
     ) -> bool:
         """Copy the message to the queue's DLQ with why; False if none or it failed."""
         if queue.dead_letter_url is None:
             return False
+        # SQS cannot carry a lone surrogate (a fake can hand one over): the copy gets
+        # U+FFFD in its place rather than fail for ever.
+        body = without_surrogates(message.body) or "(empty body)"
+        if body != (message.body or "(empty body)"):
+            detail = f"{detail} (lone surrogates in the body replaced by U+FFFD in this copy)"
+        # The detail is often an exception's message, which may quote the token.
+        detail = without_surrogates(redact(detail, token or current_token()))
         attributes: dict[str, Any] = {
             "broker.reason": {"DataType": "String", "StringValue": reason},
             "broker.source_queue": {"DataType": "String", "StringValue": queue.name},
@@ -399,11 +459,14 @@ class MessageProcessor:
             },
             "broker.detail": {"DataType": "String", "StringValue": detail[:1024] or "-"},
         }
+        redriven = message.raw_attributes.get(REDRIVEN_ATTRIBUTE)
+        if redriven is not None:
+            # First among the originals: the redrive that sent it knows it by this mark.
+            attributes[REDRIVEN_ATTRIBUTE] = _copyable(redriven)
         for name, value in message.raw_attributes.items():
             if len(attributes) >= _DLQ_ATTRIBUTE_LIMIT:
                 break
-            attributes.setdefault(name, _copyable(value))
-        body = message.body or "(empty body)"
+            attributes.setdefault(without_surrogates(name), _copyable(value))
         attributes = _fit_in_one_message(body, attributes)
         if message_size(body, attributes) > MAX_MESSAGE_BYTES:
             # The body alone nearly fills SQS's limit, so the copy cannot say why.  Never
@@ -478,4 +541,12 @@ def _fit_in_one_message(body: str, attributes: dict[str, Any]) -> dict[str, Any]
 
 
 def _copyable(value: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value[key] for key in ("DataType", "StringValue", "BinaryValue") if key in value}
+    copy = {key: value[key] for key in ("DataType", "StringValue", "BinaryValue") if key in value}
+    if isinstance(copy.get("StringValue"), str):
+        copy["StringValue"] = without_surrogates(copy["StringValue"])
+    return copy
+
+
+def _redriven(message: ReceivedMessage) -> bool:
+    """True for a copy ``broker redrive`` sent back from a dead-letter queue."""
+    return REDRIVEN_ATTRIBUTE in message.raw_attributes

@@ -7,9 +7,11 @@ still complete on the same broker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import orjson
@@ -18,7 +20,7 @@ from pydantic import BaseModel
 
 from broker import NonRetryable, Outcome, QueueSettings, Router, Task
 from broker._message import MAX_MESSAGE_BYTES
-from broker.testing import TestBroker
+from broker.testing import FakeSfn, TestBroker
 
 from .conftest import make_settings
 
@@ -33,6 +35,34 @@ class HugeError(ValueError):
 
 class HugeNonRetryable(NonRetryable, ValueError):
     pass
+
+
+class LeakyError(NonRetryable, RuntimeError):
+    pass
+
+
+class Orders(BaseModel):
+    ids: list[int]
+
+
+#: Like the emulators' tokens: a UUID, too short for any "looks like a token" pattern.
+SHORT_TOKEN = "7f1c9e2a-4b3d-4c5e-9f60-718293a4b5c6"
+WIDE = 123456789012345678901234567890
+#: Valid JSON, nested deeper than orjson's 1,024 levels.
+DEEP = "[" * 3000 + "]" * 3000
+
+
+class RecordingSfn(FakeSfn):
+    """The fake, keeping each success's output text as sent (the fake parses it with
+    orjson, which would turn a wide integer into a float)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw_outputs: dict[str, str] = {}
+
+    async def send_task_success(self, *, taskToken: str, output: str) -> dict[str, Any]:
+        self.raw_outputs.setdefault(taskToken, output)
+        return await super().send_task_success(taskToken=taskToken, output=output)
 
 
 def bad_input_router() -> Router:
@@ -66,6 +96,25 @@ def bad_input_router() -> Router:
     async def never_returns(task: Task[Any]) -> None:
         await anyio.sleep_forever()
 
+    @router.handler("echo")
+    async def echo(task: Task[Any]) -> Any:
+        return task.payload
+
+    @router.handler("wide_output")
+    async def wide_output(task: Task[Any]) -> dict[str, int]:
+        return {"n": 2**70}
+
+    @router.handler("orders")
+    async def orders(task: Task[Orders]) -> int:
+        return len(task.payload.ids)
+
+    @router.handler("leaky")
+    async def leaky(task: Task[Any]) -> None:
+        token = task.token
+        raise LeakyError(
+            f"refused {token}; as JSON {json.dumps({'t': token})}; in a URL ?t={quote(token)}"
+        )
+
     return router
 
 
@@ -92,6 +141,30 @@ class Row:
     max_cause: int | None = None
     #: The message stays in the source queue, hidden, for the queue's redrive policy.
     kept: bool = False
+    #: The task's token, when the row needs one of its own shape (else the fake mints one).
+    token: str | None = None
+    #: Message attributes of the bad message.
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    #: The output exactly as sent to SendTaskSuccess.
+    raw_output: str | None = None
+    #: The dead-letter copy's body, when it is not the original's.
+    copy_body: str | None = None
+    #: Checks on the failure's cause.
+    cause_check: Callable[[str], None] | None = None
+    #: The token must appear in no cause and no attribute the broker wrote.
+    token_free: bool = False
+
+
+def truncated_error_list(cause: str) -> None:
+    """The cause is still the error list as JSON, cut as a list, with a note at the end."""
+    errors = json.loads(cause)
+    assert isinstance(errors, list)
+    assert len(cause) <= 32_768
+    *kept, note = errors
+    assert len(kept) > 100
+    assert all(error["type"] == "int_parsing" for error in kept)
+    assert note["type"] == "broker.truncated"
+    assert note["msg"].startswith(f"{5_000 - len(kept)} more error(s) of 5000 not shown")
 
 
 ROWS = [
@@ -190,6 +263,81 @@ ROWS = [
         error="Broker.HandlerTimeout",
         dead_letter_reason="AttemptsExhausted",
     ),
+    Row(
+        "exception quoting its short token (JSON, URL) in the DLQ detail and the cause",
+        lambda token: task_body(token, "leaky", {}),
+        {Outcome.EXHAUSTED: 1},
+        error="LeakyError",
+        dead_letter_reason="AttemptsExhausted",
+        token=SHORT_TOKEN,
+        token_free=True,
+    ),
+    Row(
+        "exception quoting its long token in the DLQ detail and the cause",
+        lambda token: task_body(token, "leaky", {}),
+        {Outcome.EXHAUSTED: 1},
+        error="LeakyError",
+        dead_letter_reason="AttemptsExhausted",
+        token_free=True,
+    ),
+    Row(
+        "JSON nested deeper than 1,024 levels, with a token: failed at once, no handler",
+        lambda token: f'{{"TaskToken": "{token}", "type": "ok", "input": {DEEP}}}',
+        {Outcome.INVALID_INPUT: 1},
+        error="Broker.InvalidInput",
+    ),
+    Row(
+        "JSON nested deeper than 1,024 levels, token after the deep part",
+        lambda token: (
+            f'{{"input": {{"a": {DEEP}, "s": "]}}"}}, "type": "ok", "TaskToken": "{token}"}}'
+        ),
+        {Outcome.INVALID_INPUT: 1},
+        error="Broker.InvalidInput",
+    ),
+    Row(
+        "JSON nested deeper than 1,024 levels, no token",
+        lambda _: f'{{"input": {DEEP}}}',
+        {Outcome.POISON: 1},
+        dead_letter_reason="TooDeep",
+    ),
+    Row(
+        "integer beyond 64 bits in the payload, carried exactly",
+        lambda token: json.dumps(
+            {"TaskToken": token, "type": "echo", "input": {"n": WIDE, "m": -(2**63) - 1}}
+        ),
+        {Outcome.SUCCEEDED: 1},
+        output={"n": float(WIDE), "m": float(-(2**63) - 1)},  # as the fake reads it back
+        raw_output=f'{{"n":{WIDE},"m":{-(2**63) - 1}}}',
+    ),
+    Row(
+        "handler output with a 70-bit integer",
+        lambda token: task_body(token, "wide_output", {}),
+        {Outcome.SUCCEEDED: 1},
+        output={"n": float(2**70)},
+        raw_output=f'{{"n":{2**70}}}',
+    ),
+    Row(
+        "payload failing the model with 5,000 errors: the cause is cut as a list",
+        lambda token: task_body(token, "orders", {"ids": ["x"] * 5_000}),
+        {Outcome.INVALID_INPUT: 1},
+        error="Broker.InvalidInput",
+        cause_check=truncated_error_list,
+    ),
+    Row(
+        "lone surrogate in the body",
+        lambda token: f'{{"TaskToken": "{token}", "type": "ok", "input": "\ud800"}}',
+        {Outcome.POISON: 1},
+        dead_letter_reason="InvalidJson",
+        copy_body='{"TaskToken": "TOKEN", "type": "ok", "input": "\ufffd"}',
+    ),
+    Row(
+        "lone surrogate in a message attribute of an unknown type",
+        lambda token: task_body(token, "mystery", {}),
+        {Outcome.UNKNOWN_TYPE: 1},
+        error="Broker.UnknownMessageType",
+        dead_letter_reason="UnknownMessageType",
+        attributes={"note": "half a pair: \udc80"},
+    ),
 ]
 
 
@@ -207,10 +355,11 @@ async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_runnin
         retry_base_delay_s=0,
         retry_max_delay_s=300,
     )
-    async with TestBroker(bad_input_router(), settings) as tb:
-        token = tb.sfn.new_token()
+    sfn = RecordingSfn()
+    async with TestBroker(bad_input_router(), settings, sfn=sfn) as tb:
+        token = row.token or tb.sfn.new_token()
         body = row.body(token)
-        tb.sqs.put("tasks", body)
+        tb.sqs.put("tasks", body, row.attributes)
         await tb.wait_idle(timeout_s=15)
 
         assert settled_outcomes(tb) == row.outcomes
@@ -222,6 +371,15 @@ async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_runnin
             if row.max_cause is not None:
                 assert outcome.cause is not None
                 assert 0 < len(outcome.cause) <= row.max_cause
+            if row.cause_check is not None:
+                assert outcome.cause is not None
+                row.cause_check(outcome.cause)
+            if row.token_free:
+                assert outcome.cause is not None
+                assert token not in outcome.cause
+                assert "tok:" in outcome.cause
+            if row.raw_output is not None:
+                assert sfn.raw_outputs[token] == row.raw_output
 
         copies = tb.sqs.messages("dlq")
         if row.dead_letter_reason is None:
@@ -231,7 +389,15 @@ async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_runnin
             assert copy.attributes["broker.reason"]["StringValue"] == row.dead_letter_reason
             assert copy.attributes["broker.source_queue"]["StringValue"] == "tasks"
             original = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+            if row.copy_body is not None:
+                original = row.copy_body.replace("TOKEN", token)
             assert copy.body == (original or "(empty body)")
+            for name, value in copy.attributes.items():
+                value.get("StringValue", "").encode("utf-8")  # SQS could carry it
+                if row.token_free and name.startswith("broker."):
+                    assert token not in value["StringValue"], name
+            if row.token_free:
+                assert "tok:" in copy.attributes["broker.detail"]["StringValue"]
 
         if row.kept:
             [stored] = tb.sqs.messages("tasks")

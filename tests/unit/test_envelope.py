@@ -89,3 +89,67 @@ def test_poison_detail_never_echoes_the_token() -> None:
     parsed = parse({"TaskToken": secret})
     assert isinstance(parsed, Poison)
     assert secret[:50] not in parsed.detail
+
+
+DEEP = "[" * 2000 + "]" * 2000
+
+
+@pytest.mark.parametrize(
+    ("body", "token"),
+    [
+        (f'{{"TaskToken": "t-1", "input": {DEEP}}}', "t-1"),
+        (f'{{"input": {DEEP}, "TaskToken": "t-2"}}', "t-2"),
+        # Brackets and quotes inside strings do not throw the scan off.
+        (f'{{"a": "]]}}\\"[", "input": {{"x": {DEEP}, "y": "}}"}}, "MyTaskToken": "t-3"}}', "t-3"),
+        (f'{{"n": -1.5e3, "b": true, "z": null, "input": {DEEP}, "taskToken": "t\\u00e9"}}', "té"),
+        (f'{{"input": {DEEP}}}', None),
+        (f'{{"TaskToken": 7, "input": {DEEP}}}', None),
+        (f'{{"TaskToken": "", "input": {DEEP}}}', None),
+        (f'{{"TaskToken": "{"x" * 2049}", "input": {DEEP}}}', None),
+        (f"{DEEP}", None),
+        # Not JSON beyond the deep part: the token before it is still read.
+        (f'{{"TaskToken": "t-4", "input": {DEEP}, oops', "t-4"),
+        (f'{{"input": {DEEP[:-1]}', None),
+    ],
+    ids=[
+        "token first",
+        "token after the deep part",
+        "brackets in strings",
+        "scalars and an escape",
+        "no token",
+        "token not a string",
+        "empty token",
+        "over-long token",
+        "a deep array",
+        "broken after the token",
+        "unbalanced",
+    ],
+)
+def test_a_body_too_deep_to_parse_still_gives_its_token(body: str, token: str | None) -> None:
+    parsed = parse(body)
+    assert isinstance(parsed, Poison)
+    assert parsed.reason is PoisonReason.TOO_DEEP
+    assert parsed.token == token
+    assert "1024 levels" in parsed.detail
+
+
+def test_a_wide_integer_is_read_exactly() -> None:
+    parsed = parse('{"TaskToken": "t", "input": {"n": 123456789012345678901234567890}}')
+    assert isinstance(parsed, Envelope)
+    assert parsed.payload == {"n": 123456789012345678901234567890}
+
+
+def test_a_lone_surrogate_is_invalid_json() -> None:
+    for body in ('{"TaskToken": "t", "input": "\ud800"}', '{"TaskToken": "t", "input": "\\ud800"}'):
+        parsed = parse(body)
+        assert isinstance(parsed, Poison)
+        assert parsed.reason is PoisonReason.INVALID_JSON
+
+
+def test_the_deep_scan_stops_at_its_budget() -> None:
+    # 150,000 nested brackets before the token: past the scan's budget, so no token
+    # (the message is dead-lettered as TooDeep), and the scan ends quickly.
+    far = '{"input": ' + "[" * 150_000 + "]" * 150_000 + ', "TaskToken": "t"}'
+    parsed = parse(far)
+    assert isinstance(parsed, Poison)
+    assert (parsed.reason, parsed.token) == (PoisonReason.TOO_DEEP, None)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import orjson
+import pytest
 
-from broker import Outcome, QueueSettings, Router, Task
+from broker import Outcome, QueueNotFound, QueueSettings, Router, Task
 from broker._redrive import redrive
 from broker.testing import FakeSqs, TestBroker
 
@@ -33,8 +35,15 @@ async def test_dead_lettered_messages_go_back_to_their_source_without_broker_att
     assert sqs.count("dlq") == 1
     back = sqs.messages("tasks")
     assert sorted(m.body for m in back) == sorted(f"not json {n}" for n in range(13))
+    run_ids = set()
     for message in back:
-        assert set(message.attributes) == {"trace"}
+        # The originals, and the mark of this run.
+        assert set(message.attributes) == {"trace", "broker.redriven"}
+        run_ids.add(message.attributes["broker.redriven"]["StringValue"])
+    assert len(run_ids) == 1
+    # What is left in the DLQ is handed back at once, not hidden for the next run.
+    assert sqs.visible("dlq") == 1
+    assert report.lines()[0] == "the DLQ held 15 visible message(s) at the start"
     assert report.lines()[-2:] == [
         "moved 14 in all",
         "left 1 message(s) that name no source queue (use --to)",
@@ -76,3 +85,110 @@ async def test_a_redriven_copy_of_a_failed_task_is_dropped_as_task_closed() -> N
     assert tb2.sfn.outcomes[token].error == "Broker.UnknownMessageType"
     assert tb2.broker.stats.total(Outcome.TASK_CLOSED) == 1
     assert sqs.count("tasks") == 0
+
+
+async def test_a_missing_destination_fails_before_anything_is_received() -> None:
+    sqs = FakeSqs()
+    sqs.create_queue("dlq")
+    for n in range(3):
+        sqs.put("dlq", f"not json {n}")
+
+    with pytest.raises(QueueNotFound, match="missing-queue"):
+        await redrive(sqs, "dlq", to="missing-queue")
+    with pytest.raises(QueueNotFound, match="missing-queue"):
+        await redrive(sqs, "dlq", to=sqs.url_of("missing-queue"))
+
+    assert sqs.receive_sizes == [], "nothing received, so nothing hidden"
+    assert sqs.visible("dlq") == 3
+
+
+async def test_a_missing_dead_letter_queue_is_queue_not_found() -> None:
+    sqs = FakeSqs()
+    with pytest.raises(QueueNotFound, match="no-such-dlq"):
+        await redrive(sqs, sqs.url_of("no-such-dlq"))
+
+
+async def test_a_source_queue_that_is_gone_counts_as_failed_and_stays_visible() -> None:
+    sqs = FakeSqs()
+    sqs.create_queue("dlq")
+    sqs.create_queue("tasks")
+    sqs.put("dlq", "a", {"broker.source_queue": "deleted-since"})
+    sqs.put("dlq", "b", {"broker.source_queue": "tasks"})
+
+    report = await redrive(sqs, "dlq")
+
+    assert (report.moved, report.failed) == ({"tasks": 1}, 1)
+    assert sqs.bodies("dlq") == ["a"]
+    assert sqs.visible("dlq") == 1
+
+
+async def test_redrive_finishes_while_a_broker_dead_letters_the_copies_again() -> None:
+    """Poison and unknown-type copies, redriven to the queue a broker consumes.
+
+    The broker dead-letters the poison again (once: the run leaves its own copies
+    alone) and drops the unknown-type copies, whose tasks it failed already.
+    """
+    sqs = FakeSqs()
+    settings = make_settings(
+        QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"),
+        delete_linger_s=0.01,
+    )
+    async with TestBroker(Router(), settings, sqs=sqs) as tb:
+        for n in range(15):
+            sqs.put("tasks", f"poison {n}")
+        tokens = [await tb.start_task({"n": n}, message_type="no-handler") for n in range(5)]
+        await tb.wait_idle()
+        assert sqs.count("dlq") == 20
+        assert tb.broker.stats.total(Outcome.UNKNOWN_TYPE) == 5
+
+        with anyio.fail_after(20):
+            report = await redrive(sqs, "dlq")
+        await tb.wait_idle()
+
+        assert report.at_start == 20
+        assert report.total_moved == 20, report.lines()
+        assert report.came_back <= 15
+        # Nothing grew, nothing was lost: each poison message is back in the DLQ once,
+        # each unknown-type copy was dropped as "task closed".
+        assert sorted(sqs.bodies("dlq")) == sorted(f"poison {n}" for n in range(15))
+        assert sqs.count("tasks") == 0
+        assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 5
+        assert tb.broker.stats.total(Outcome.UNKNOWN_TYPE) == 5
+        assert all(tb.sfn.outcomes[t].error == "Broker.UnknownMessageType" for t in tokens)
+        for copy in sqs.messages("dlq"):
+            assert copy.attributes["broker.reason"]["StringValue"] == "InvalidJson"
+            assert "broker.redriven" in copy.attributes
+
+        # A second run moves the poison again (the operator asked for it), once each.
+        with anyio.fail_after(20):
+            again = await redrive(sqs, "dlq")
+        await tb.wait_idle()
+        assert again.total_moved == 15
+        assert sqs.count("dlq") == 15
+
+
+async def test_a_redriven_copy_of_an_exhausted_task_is_dropped_not_dead_lettered_again() -> None:
+    sqs = FakeSqs()
+    settings = make_settings(QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="dlq"))
+    router = Router()
+    runs = 0
+
+    @router.handler("broken", max_attempts=1)
+    async def broken(task: Task[Any]) -> None:
+        nonlocal runs
+        runs += 1
+        raise RuntimeError("still broken")
+
+    async with TestBroker(router, settings, sqs=sqs) as tb:
+        token = await tb.start_task({}, message_type="broken")
+        await tb.wait_idle()
+        assert sqs.count("dlq") == 1
+        with anyio.fail_after(10):
+            report = await redrive(sqs, "dlq")
+        await tb.wait_idle()
+    assert report.total_moved == 1
+    # The handler ran again; its failure was answered "task closed": dropped, no new copy.
+    assert runs == 2
+    assert tb.sfn.outcomes[token].error == "RuntimeError"
+    assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
+    assert (sqs.count("dlq"), sqs.count("tasks")) == (0, 0)
