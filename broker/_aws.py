@@ -263,7 +263,7 @@ def describe_aws_error(
             "invalid or expired, or their IAM policy does not allow this call"
         )
     retried = (
-        f"; retried for {retried_s:.0f}s ({ENV_PREFIX}STARTUP_TIMEOUT_S)"
+        f"; retried for {retried_s:.1f}s ({ENV_PREFIX}STARTUP_TIMEOUT_S)"
         if retried_s is not None
         else ""
     )
@@ -276,7 +276,8 @@ def describe_aws_error(
         url = kwargs.get("endpoint_url") if isinstance(kwargs, dict) else None
         target = url or endpoint or "the AWS endpoint"
         return AwsUnavailable(
-            f"cannot reach {target}{in_region} for {subject} ({code} on {api}){retried}"
+            f"cannot reach {target}{in_region} for {subject} (a transient error: {code} on "
+            f"{api}){retried}"
         )
     # Neither a known refusal nor transient: say both, with the code to look up.
     return not_found(f"{subject} not found or not accessible{in_region} ({code} on {api})")
