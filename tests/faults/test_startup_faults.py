@@ -54,7 +54,7 @@ class Start:
     def readyz(self) -> tuple[int, dict[str, object]] | None:
         url = f"http://127.0.0.1:{self.port}/readyz"
         try:
-            with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as reply:
                 return reply.status, json.loads(reply.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())

@@ -71,7 +71,7 @@ class _WatchedSqs(FakeSqs):
         super().__init__()
         self.ready_at_call: list[bool] = []
 
-    async def get_queue_url(self, *, QueueName: str) -> dict[str, Any]:  # noqa: N803 - botocore's
+    async def get_queue_url(self, *, QueueName: str) -> dict[str, Any]:
         assert self.broker is not None
         self.ready_at_call.append(self.broker.readiness().ok)
         return await super().get_queue_url(QueueName=QueueName)
@@ -161,7 +161,8 @@ async def test_a_dead_letter_queue_url_is_checked_too() -> None:
     del sqs.queues[missing]
     with pytest.raises(QueueNotFound) as caught:
         await _start(tb)
-    assert str(caught.value).startswith(f"dead-letter queue {missing!r} (of queue 'tasks') not found")
+    expected = f"dead-letter queue {missing!r} (of queue 'tasks') not found"
+    assert str(caught.value).startswith(expected)
 
 
 async def test_a_missing_activity_arn_reads_not_found() -> None:
@@ -189,7 +190,7 @@ async def test_no_credentials_and_an_unreachable_endpoint_have_their_own_message
     async def no_credentials() -> Any:
         raise NoCredentialsError()
 
-    with pytest.raises(AwsAccessDenied, match="^no AWS credentials found calling GetQueueUrl"):
+    with pytest.raises(AwsAccessDenied, match=r"^no AWS credentials found calling GetQueueUrl"):
         await retry.call(
             no_credentials,
             subject="queue 'q'",
