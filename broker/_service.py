@@ -237,12 +237,8 @@ class Broker:
     async def _open_queue(
         self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry
     ) -> QueueRuntime:
-        resolved = await resolve_queue(sqs, queue, retry)
-        url, attributes, dead_letter_url = (
-            resolved.url,
-            resolved.attributes,
-            resolved.dead_letter_url,
-        )
+        found = await resolve_queue(sqs, queue, retry)
+        url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
         if dead_letter_url is None:
             redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
             log.warning(
