@@ -13,6 +13,7 @@ open at the grace deadline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import socket
@@ -23,14 +24,20 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._activity_task import ActivityRuntime, ActivityTaskProcessor
-from ._aws import SfnApi, classify, error_code
+from ._aws import SfnApi, StartupRetry, classify, error_code
 from ._errors import ActivityNotFound, ConfigError
 from ._redact import token_ref
 from ._router import Router
 from ._settings import ENV_PREFIX, ActivitySettings
 from ._stats import Stats
 
-__all__ = ["ActivityPoller", "check_activity_routes", "resolve_activity"]
+__all__ = [
+    "ActivityPoller",
+    "activity_route_problems",
+    "check_activity_routes",
+    "lookup_activity",
+    "resolve_activity",
+]
 
 log = logging.getLogger("broker.activities")
 
@@ -44,40 +51,51 @@ class _Slot:
     __slots__ = ()
 
 
-def check_activity_routes(activities: tuple[ActivitySettings, ...], router: Router) -> None:
-    """Fail at start-up, not at the first task, when a configured handler is missing."""
+def activity_route_problems(
+    activities: tuple[ActivitySettings, ...], router: Router
+) -> list[ConfigError]:
+    """Every configured activity handler that is not registered (``check`` lists them all)."""
+    problems = []
     for activity in activities:
         if activity.handler is not None and activity.handler not in router:
             known = ", ".join(sorted(router.routes)) or "none"
-            raise ConfigError(
-                f"{ENV_PREFIX}ACTIVITIES: activity {activity.name!r}: handler "
-                f"{activity.handler!r} is not registered (registered types: {known})"
+            problems.append(
+                ConfigError(
+                    f"{ENV_PREFIX}ACTIVITIES: activity {activity.name!r}: handler "
+                    f"{activity.handler!r} is not registered (registered types: {known})"
+                )
             )
+    return problems
 
 
-async def resolve_activity(sfn: SfnApi, settings: ActivitySettings) -> ActivityRuntime:
-    """The activity's ARN, creating the activity if asked.  ``ActivityNotFound`` otherwise."""
+def check_activity_routes(activities: tuple[ActivitySettings, ...], router: Router) -> None:
+    """Fail at start-up, not at the first task, when a configured handler is missing."""
+    problems = activity_route_problems(activities, router)
+    if problems:
+        raise problems[0]
+
+
+async def resolve_activity(
+    sfn: SfnApi, settings: ActivitySettings, *, retry: StartupRetry | None = None
+) -> ActivityRuntime:
+    """The activity's ARN, creating the activity if asked.  ``ActivityNotFound`` otherwise.
+
+    Every call retries transient errors under ``retry`` (the start-up deadline); other
+    failures raise a one-line ``StartupError`` (``describe_aws_error``).
+    """
+    retry = retry or StartupRetry()
     worker_name = settings.worker_name or socket.gethostname()[:_WORKER_NAME_MAX] or "broker"
-    if settings.name.startswith("arn:"):
-        try:
-            await sfn.describe_activity(activityArn=settings.name)
-        except Exception as exc:
-            raise ActivityNotFound(
-                f"activity {settings.name} not found or not accessible "
-                f"({error_code(exc) or type(exc).__name__})"
-            ) from exc
-        return ActivityRuntime(settings, settings.name, worker_name)
-    try:
-        if settings.create_if_missing:
-            # CreateActivity is idempotent: an existing activity answers its ARN.
-            created = await sfn.create_activity(name=settings.name)
-            arn = str(created["activityArn"])
-        else:
-            arn = await _find_by_name(sfn, settings.name)
-    except Exception as exc:
-        raise ActivityNotFound(
-            f"activity {settings.name!r} not accessible ({error_code(exc) or type(exc).__name__})"
-        ) from exc
+    if settings.create_if_missing and not settings.name.startswith("arn:"):
+        # CreateActivity is idempotent: an existing activity answers its ARN.
+        created = await retry.call(
+            lambda: sfn.create_activity(name=settings.name),
+            subject=f"activity {settings.name!r}",
+            api="CreateActivity",
+            client=sfn,
+            not_found=ActivityNotFound,
+        )
+        return ActivityRuntime(settings, str(created["activityArn"]), worker_name)
+    arn = await lookup_activity(sfn, settings, retry=retry)
     if not arn:
         raise ActivityNotFound(
             f"activity {settings.name!r} not found (set create_if_missing in "
@@ -86,16 +104,37 @@ async def resolve_activity(sfn: SfnApi, settings: ActivitySettings) -> ActivityR
     return ActivityRuntime(settings, arn, worker_name)
 
 
-async def _find_by_name(sfn: SfnApi, name: str) -> str:
+async def lookup_activity(sfn: SfnApi, settings: ActivitySettings, *, retry: StartupRetry) -> str:
+    """The activity's ARN, or "" if no activity has that name.  Creates nothing.
+
+    An ARN is checked with DescribeActivity (its absence raises ``ActivityNotFound``);
+    a name is looked up with ListActivities.
+    """
+    subject = f"activity {settings.name!r}"
+    if settings.name.startswith("arn:"):
+        await retry.call(
+            lambda: sfn.describe_activity(activityArn=settings.name),
+            subject=subject,
+            api="DescribeActivity",
+            client=sfn,
+            not_found=ActivityNotFound,
+        )
+        return settings.name
     params: dict[str, Any] = {}
     while True:
-        page: Mapping[str, Any] = await sfn.list_activities(**params)
+        page: Mapping[str, Any] = await retry.call(
+            functools.partial(sfn.list_activities, **params),
+            subject=subject,
+            api="ListActivities",
+            client=sfn,
+            not_found=ActivityNotFound,
+        )
         for activity in page.get("activities", []):
-            if activity.get("name") == name:
+            if activity.get("name") == settings.name:
                 return str(activity["activityArn"])
         if not page.get("nextToken"):
             return ""
-        params["nextToken"] = page["nextToken"]
+        params = {"nextToken": page["nextToken"]}
 
 
 class ActivityPoller:

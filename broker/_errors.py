@@ -5,8 +5,11 @@ Exception hierarchy (everything the broker raises derives from ``BrokerError``):
     BrokerError
     ├── ConfigError          bad settings; the message names the setting (start-up)
     ├── RegistrationError    duplicate message type, non-async handler, bad plugin (start-up)
-    ├── QueueNotFound        a configured queue does not exist or cannot be reached (start-up)
-    ├── ActivityNotFound     a configured activity does not exist or cannot be reached (start-up)
+    ├── StartupError         an AWS call at start-up failed for good (exit 1)
+    │   ├── QueueNotFound        a configured queue does not exist (or its error is unknown)
+    │   ├── ActivityNotFound     a configured activity does not exist (or its error is unknown)
+    │   ├── AwsAccessDenied      the credentials are missing, invalid, expired or not allowed
+    │   └── AwsUnavailable       the endpoint unreachable, or transient errors past the deadline
     ├── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
     ├── RetryLater           raised by a handler: try this message again after delay_s
     └── TaskClosed           raised by task.heartbeat(): the workflow closed the task
@@ -24,6 +27,8 @@ from typing import Final
 __all__ = [
     "ERROR_PREFIX",
     "ActivityNotFound",
+    "AwsAccessDenied",
+    "AwsUnavailable",
     "BrokerError",
     "ConfigError",
     "ErrorName",
@@ -31,6 +36,7 @@ __all__ = [
     "QueueNotFound",
     "RegistrationError",
     "RetryLater",
+    "StartupError",
     "TaskClosed",
     "TaskFailed",
 ]
@@ -63,12 +69,28 @@ class RegistrationError(BrokerError):
     """A handler cannot be registered: duplicate type, not ``async def``, bad plugin."""
 
 
-class QueueNotFound(BrokerError):
-    """A configured queue does not exist or the credentials cannot see it."""
+class StartupError(BrokerError):
+    """A start-up call to AWS failed for good: the message says why, in one line.
+
+    Transient errors (throttling, 5xx, the network) are retried first, up to
+    ``BROKER_STARTUP_TIMEOUT_S``; what is raised here is what retrying did not fix.
+    """
 
 
-class ActivityNotFound(BrokerError):
-    """A configured activity does not exist (and may not be created) or cannot be seen."""
+class QueueNotFound(StartupError):
+    """A configured queue does not exist (or failed with an error the broker cannot read)."""
+
+
+class ActivityNotFound(StartupError):
+    """A configured activity does not exist (and may not be created), or its lookup failed."""
+
+
+class AwsAccessDenied(StartupError):
+    """No credentials were found, or AWS refused them (denied, invalid, expired)."""
+
+
+class AwsUnavailable(StartupError):
+    """The endpoint could not be reached, or transient errors outlasted the start-up deadline."""
 
 
 class TaskFailed(BrokerError):

@@ -16,14 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Final
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ._activities import ActivityPoller, check_activity_routes, resolve_activity
+from ._activities import ActivityPoller, activity_route_problems, resolve_activity
 from ._activity_task import ActivityTaskProcessor
-from ._aws import AwsClients, SqsApi, error_code, open_clients
+from ._aws import AwsClients, SqsApi, StartupRetry, open_clients
 from ._completer import Completer
 from ._consumer import QueueConsumer
 from ._deleter import DeleteBatcher
@@ -38,7 +39,13 @@ from ._settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from ._stats import Outcome, Stats
 from ._tracing import Tracer
 
-__all__ = ["Broker", "resolve_queue_url"]
+__all__ = [
+    "Broker",
+    "ResolvedQueue",
+    "configuration_problems",
+    "resolve_queue",
+    "resolve_queue_url",
+]
 
 log = logging.getLogger("broker")
 
@@ -65,9 +72,9 @@ class Broker:
         clients: ClientFactory = open_clients,
         tracer: Tracer | None = None,
     ) -> None:
-        if not settings.queues and not settings.activities:
-            raise ConfigError("BROKER_QUEUES: no queue configured (and no BROKER_ACTIVITIES)")
-        check_activity_routes(settings.activities, router)
+        problems = configuration_problems(settings, router)
+        if problems:
+            raise problems[0]
         self.settings = settings
         self.router = router
         self.stats = Stats()
@@ -117,7 +124,9 @@ class Broker:
         settings = self.settings
         async with self._clients(settings) as raw_clients:
             clients = instrument(raw_clients, self.stats, self.tracer)
-            queues = [await self._open_queue(clients.sqs, q) for q in settings.queues]
+            # One deadline for every lookup of this start-up; not ready until they pass.
+            retry = StartupRetry.from_settings(settings)
+            queues = [await self._open_queue(clients.sqs, q, retry) for q in settings.queues]
             completer = Completer(
                 clients.sfn,
                 concurrency=settings.completion_concurrency,
@@ -143,7 +152,9 @@ class Broker:
                 QueueConsumer(q, clients.sqs, processor, total_slots=total_slots, stats=self.stats)
                 for q in queues
             ]
-            self.activity_pollers = await self._activity_pollers(clients, completer, total_slots)
+            self.activity_pollers = await self._activity_pollers(
+                clients, completer, total_slots, retry
+            )
             async with anyio.create_task_group() as root:
                 for queue in queues:
                     await root.start(queue.deleter.run)
@@ -196,7 +207,11 @@ class Broker:
             )
 
     async def _activity_pollers(
-        self, clients: AwsClients, completer: Completer, total_slots: anyio.CapacityLimiter
+        self,
+        clients: AwsClients,
+        completer: Completer,
+        total_slots: anyio.CapacityLimiter,
+        retry: StartupRetry,
     ) -> list[ActivityPoller]:
         processor = ActivityTaskProcessor(
             self.router,
@@ -206,7 +221,7 @@ class Broker:
         )
         pollers = []
         for settings in self.settings.activities:
-            activity = await resolve_activity(clients.sfn, settings)
+            activity = await resolve_activity(clients.sfn, settings, retry=retry)
             pollers += [
                 ActivityPoller(
                     activity,
@@ -219,14 +234,11 @@ class Broker:
             ]
         return pollers
 
-    async def _open_queue(self, sqs: SqsApi, queue: QueueSettings) -> QueueRuntime:
-        url = await resolve_queue_url(sqs, queue.name)
-        attributes = await _queue_attributes(sqs, url, queue.name)
-        dead_letter_url = (
-            await resolve_queue_url(sqs, queue.dead_letter_queue)
-            if queue.dead_letter_queue
-            else None
-        )
+    async def _open_queue(
+        self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry
+    ) -> QueueRuntime:
+        found = await resolve_queue(sqs, queue, retry)
+        url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
         if dead_letter_url is None:
             redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
             log.warning(
@@ -315,25 +327,74 @@ class Broker:
         return ", ".join(p for p in parts if not p.endswith("=0")) or "no messages"
 
 
-async def resolve_queue_url(sqs: SqsApi, name_or_url: str) -> str:
-    """A queue URL from a queue name or URL.  ``QueueNotFound`` if it does not exist."""
+def configuration_problems(settings: BrokerSettings, router: Router) -> list[ConfigError]:
+    """What the broker refuses to start with, before any AWS call (``check`` lists all)."""
+    problems = []
+    if not settings.queues and not settings.activities:
+        problems.append(
+            ConfigError(f"{ENV_PREFIX}QUEUES: no queue configured (and no {ENV_PREFIX}ACTIVITIES)")
+        )
+    return problems + activity_route_problems(settings.activities, router)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedQueue:
+    """A configured queue as found at start-up."""
+
+    url: str
+    attributes: dict[str, str]
+    dead_letter_url: str | None
+
+
+async def resolve_queue(sqs: SqsApi, queue: QueueSettings, retry: StartupRetry) -> ResolvedQueue:
+    """Find a queue and its dead-letter queue, as ``run`` does (``check`` reuses this)."""
+    url = await resolve_queue_url(sqs, queue.name, retry=retry)
+    attributes = await _queue_attributes(sqs, url, f"queue {queue.name!r}", retry)
+    dead_letter_url = None
+    if queue.dead_letter_queue:
+        subject = f"dead-letter queue {queue.dead_letter_queue!r} (of queue {queue.name!r})"
+        dead_letter_url = await resolve_queue_url(
+            sqs, queue.dead_letter_queue, retry=retry, subject=subject
+        )
+        if dead_letter_url == queue.dead_letter_queue:
+            # Given as a URL, nothing looked it up yet: a typo would surface only at the
+            # first poison message, as a copy that cannot be made.
+            await _queue_attributes(sqs, dead_letter_url, subject, retry)
+    return ResolvedQueue(url, attributes, dead_letter_url)
+
+
+async def resolve_queue_url(
+    sqs: SqsApi,
+    name_or_url: str,
+    *,
+    retry: StartupRetry | None = None,
+    subject: str | None = None,
+) -> str:
+    """A queue URL from a queue name or URL.  ``QueueNotFound`` if it does not exist.
+
+    Transient errors are retried under ``retry`` (a fresh default budget if none);
+    every other failure is a one-line ``StartupError`` naming the queue (or ``subject``).
+    """
     if name_or_url.startswith(("https://", "http://")):
         return name_or_url
-    try:
-        response = await sqs.get_queue_url(QueueName=name_or_url)
-    except Exception as exc:
-        raise QueueNotFound(
-            f"queue {name_or_url!r} not found or not accessible "
-            f"({error_code(exc) or type(exc).__name__})"
-        ) from exc
+    response = await (retry or StartupRetry()).call(
+        lambda: sqs.get_queue_url(QueueName=name_or_url),
+        subject=subject or f"queue {name_or_url!r}",
+        api="GetQueueUrl",
+        client=sqs,
+        not_found=QueueNotFound,
+    )
     return str(response["QueueUrl"])
 
 
-async def _queue_attributes(sqs: SqsApi, url: str, name: str) -> dict[str, str]:
-    try:
-        response = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
-    except Exception as exc:
-        raise QueueNotFound(
-            f"queue {name!r} ({url}) not accessible ({error_code(exc) or type(exc).__name__})"
-        ) from exc
+async def _queue_attributes(
+    sqs: SqsApi, url: str, subject: str, retry: StartupRetry
+) -> dict[str, str]:
+    response = await retry.call(
+        lambda: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]),
+        subject=subject,
+        api="GetQueueAttributes",
+        client=sqs,
+        not_found=QueueNotFound,
+    )
     return dict(response.get("Attributes", {}))

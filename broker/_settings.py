@@ -214,6 +214,12 @@ class BrokerSettings(BaseSettings):
         validation_alias=AliasChoices("BROKER_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
         description="Endpoint for LocalStack or moto (AWS_ENDPOINT_URL).",
     )
+    startup_timeout_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="At start-up (and in check), how long the queue and activity lookups "
+        "retry throttling, 5xx and network errors, all together, before giving up (exit 1).",
+    )
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -1,7 +1,10 @@
 """The ``broker`` command: run, check, handlers, healthcheck, redrive, demo.
 
 Exit codes: 0 done (a signal-initiated stop included), 1 a runtime failure (for
-example a queue that cannot be reached), 2 bad settings or handlers.
+example a queue that does not exist, denied access, no credentials, an endpoint that
+cannot be reached), 2 bad settings or handlers (a missing region included).
+``check`` exits 1 when it found problems; ``healthcheck`` exits only 0 or 1, since
+Docker reserves 2 in ``HEALTHCHECK``.
 """
 
 from __future__ import annotations
@@ -17,21 +20,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+from botocore.exceptions import BotoCoreError, ClientError
 
-from ._activities import resolve_activity
-from ._aws import open_clients
-from ._errors import (
-    ActivityNotFound,
-    BrokerError,
-    ConfigError,
-    QueueNotFound,
-    RegistrationError,
-)
+from ._activities import lookup_activity, resolve_activity
+from ._aws import StartupRetry, describe_aws_error, open_clients
+from ._errors import BrokerError, ConfigError, RegistrationError
 from ._logging import configure_logging
 from ._plugins import ENTRY_POINT_GROUP, build_router
 from ._redrive import redrive
 from ._router import Router
-from ._service import Broker, resolve_queue_url
+from ._service import Broker, configuration_problems, resolve_queue
 from ._settings import ENV_PREFIX, BrokerSettings, load_settings
 
 __all__ = ["event_loop_options", "main", "run_broker"]
@@ -43,7 +41,14 @@ _HEALTHCHECK_TIMEOUT_S: Final = 3.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(arguments)
+    except SystemExit as exc:
+        # argparse exits 2 on a usage error; a HEALTHCHECK must only ever see 0 or 1.
+        if exc.code not in (0, None) and "healthcheck" in arguments:
+            return 1
+        raise
     if args.command is None:
         parser.print_help()
         return 2
@@ -51,11 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo  # moto is an optional extra: import only when asked
 
         return run_demo(args)
+    if args.command == "healthcheck":
+        return _healthcheck(args.config, ready=args.ready)
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log_level, settings.log_format, settings.log_levels)
-        if args.command == "healthcheck":
-            return _healthcheck(settings, ready=args.ready)
         if args.command == "redrive":
             return _run_async(_redrive, settings, args.dead_letter_queue, args.to, args.max)
         router = build_router(settings)
@@ -66,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_async(run_broker, settings, router)
     except BrokerError as exc:
         return _report(exc)
+    except (BotoCoreError, ClientError) as exc:
+        # An AWS error no lookup translated (a later call of redrive): one line, not a
+        # traceback.
+        return _report(describe_aws_error(exc, f"broker {args.command}", api="an AWS call"))
     except BaseExceptionGroup as group:
         # Errors raised inside the broker's task groups arrive grouped.
         matched, rest = group.split(BrokerError)
@@ -117,15 +126,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _healthcheck(settings: BrokerSettings, *, ready: bool) -> int:
-    """Ask the running broker's /livez (or /readyz): for HEALTHCHECK and ECS checks."""
+def _healthcheck(config: Path | None, *, ready: bool) -> int:
+    """Ask the running broker's /livez (or /readyz): for HEALTHCHECK and ECS checks.
+
+    Exits 0 (healthy) or 1 (anything else, bad settings included): Docker reserves 2.
+    """
+    try:
+        settings = load_settings(config)
+    except BrokerError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
     if not settings.http_port:
         state = "off" if settings.http_port is None else "0 (any free port)"
         print(
             f"broker: {ENV_PREFIX}HTTP_PORT is {state}: set the port the running broker listens on",
             file=sys.stderr,
         )
-        return 2
+        return 1
     url = f"http://127.0.0.1:{settings.http_port}/{'readyz' if ready else 'livez'}"
     try:
         with urllib.request.urlopen(url, timeout=_HEALTHCHECK_TIMEOUT_S) as reply:
@@ -178,40 +195,69 @@ async def _watch_signals(broker: Broker, scope: anyio.CancelScope) -> None:
 
 
 async def _check(settings: BrokerSettings, router: Router) -> int:
-    failures = 0
-    async with open_clients(settings) as clients:
-        for queue in settings.queues:
-            try:
-                url = await resolve_queue_url(clients.sqs, queue.name)
-                attributes = (
-                    await clients.sqs.get_queue_attributes(
-                        QueueUrl=url,
-                        AttributeNames=["ApproximateNumberOfMessages", "VisibilityTimeout"],
-                    )
-                ).get("Attributes", {})
-            except (QueueNotFound, Exception) as exc:  # noqa: BLE001 - reported, counted
-                failures += 1
-                print(f"queue {queue.name}: UNREACHABLE: {exc}")
-                continue
-            print(
-                f"queue {queue.name}: ok ({url}, ~{attributes.get('ApproximateNumberOfMessages')}"
-                f" messages, visibility {attributes.get('VisibilityTimeout')}s)"
-            )
-        for activity in settings.activities:
-            # Look only: check never creates an activity, even with create_if_missing.
-            looked_up = activity.model_copy(update={"create_if_missing": False})
-            try:
-                runtime = await resolve_activity(clients.sfn, looked_up)
-            except ActivityNotFound as exc:
-                if activity.create_if_missing:
-                    print(f"activity {activity.name}: not found; created at start-up")
+    """Every start-up check ``run`` makes, with its lookups and retries; creates nothing."""
+    problems: list[str] = []
+
+    def problem(what: str, exc: BaseException) -> None:
+        problems.append(what)
+        print(f"{what}: PROBLEM: {exc}")
+
+    for refusal in configuration_problems(settings, router):
+        problem("settings", refusal)
+    queues_ok = activities_ok = to_create = 0
+    retry = StartupRetry.from_settings(settings)
+    try:
+        async with open_clients(settings) as clients:
+            for queue in settings.queues:
+                try:
+                    found = await resolve_queue(clients.sqs, queue, retry)
+                except BrokerError as exc:
+                    problem(f"queue {queue.name}", exc)
                     continue
-                failures += 1
-                print(f"activity {activity.name}: UNREACHABLE: {exc}")
-                continue
-            print(f"activity {activity.name}: ok ({runtime.arn}, {activity.pollers} poller(s))")
+                queues_ok += 1
+                attributes = found.attributes
+                dead_letters = (
+                    f"dead-letter queue {found.dead_letter_url}"
+                    if found.dead_letter_url
+                    else "no dead_letter_queue"
+                )
+                print(
+                    f"queue {queue.name}: ok ({found.url}, "
+                    f"~{attributes.get('ApproximateNumberOfMessages')} messages, "
+                    f"visibility {attributes.get('VisibilityTimeout')}s, {dead_letters})"
+                )
+            for activity in settings.activities:
+                try:
+                    if activity.create_if_missing:
+                        # run would create it; check only looks.
+                        arn = await lookup_activity(clients.sfn, activity, retry=retry)
+                    else:
+                        arn = (await resolve_activity(clients.sfn, activity, retry=retry)).arn
+                except BrokerError as exc:
+                    problem(f"activity {activity.name}", exc)
+                    continue
+                if not arn:
+                    to_create += 1
+                    print(f"activity {activity.name}: not found; would be created at start-up")
+                    continue
+                activities_ok += 1
+                print(f"activity {activity.name}: ok ({arn}, {activity.pollers} poller(s))")
+    except BrokerError as exc:  # no region, no credentials for fast completions
+        problem("aws", exc)
     _print_handlers(router)
-    return 1 if failures else 0
+    summary = [
+        _count(queues_ok, "queue") + " ok",
+        _count(activities_ok, "activity", "activities") + " ok",
+    ]
+    if to_create:
+        summary.append(_count(to_create, "activity", "activities") + " to create at start-up")
+    summary.append(_count(len(router), "handler type"))
+    print(f"check: {', '.join(summary)}; {_count(len(problems), 'problem')}")
+    return 1 if problems else 0
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
 
 async def _redrive(

@@ -39,7 +39,10 @@ def test_missing_queue_is_a_clear_error_not_a_traceback(
     for command in ("check", "run"):
         result = run_cli(command, env=env, cwd=tmp_path)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
-        assert "no-such-queue" in result.stdout + result.stderr
+        assert "queue 'no-such-queue' not found in region us-east-1 (" in (
+            result.stdout + result.stderr
+        )
+        assert "not accessible" not in result.stdout + result.stderr
         assert "Traceback" not in result.stderr
 
 
@@ -166,9 +169,10 @@ def test_healthcheck_follows_the_running_broker_and_logs_are_json(
     assert any("SIGTERM received" in e["message"] for e in events)
 
 
-def test_healthcheck_without_a_port_is_a_usage_error(tmp_path: Path) -> None:
+def test_healthcheck_without_a_port_exits_1_naming_it(tmp_path: Path) -> None:
+    # Docker reserves exit 2 in HEALTHCHECK: the check says "unhealthy" (1), with why.
     result = run_cli("healthcheck", env=clean_env(BROKER_HTTP_PORT="null"), cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "BROKER_HTTP_PORT" in result.stderr
 
 
@@ -191,7 +195,56 @@ def test_check_reports_activities_without_creating_them(aws: EmbeddedAws, tmp_pa
     lines = result.stdout.splitlines()
     assert f"activity check-present: ok ({arn}, 1 poller(s))" in lines
     assert f"activity {arn}: ok ({arn}, 2 poller(s))" in lines
-    assert "activity check-later: not found; created at start-up" in lines
-    assert any(line.startswith("activity check-absent: UNREACHABLE") for line in lines)
+    assert "activity check-later: not found; would be created at start-up" in lines
+    assert any(
+        line.startswith("activity check-absent: PROBLEM: activity 'check-absent' not found")
+        for line in lines
+    )
+    assert lines[-1] == (
+        "check: 0 queues ok, 2 activities ok, 1 activity to create at start-up, "
+        "6 handler types; 1 problem"
+    )
     names = [a["name"] for a in aws.client("stepfunctions").list_activities()["activities"]]
     assert "check-later" not in names
+
+
+def test_check_refuses_what_run_refuses(
+    aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
+) -> None:
+    callback = seed_flows.queues["callback"].rsplit("/", 1)[-1]
+    queues = [
+        {"name": callback, "dead_letter_queue": callback},
+        {"name": callback + "-other", "dead_letter_queue": "no-such-dlq"},
+    ]
+    aws.client("sqs").create_queue(QueueName=callback + "-other")
+    activities = [{"name": "check-unrouted", "handler": "ghost", "create_if_missing": True}]
+    env = broker_env(
+        aws,
+        BROKER_QUEUES=json.dumps(queues),
+        BROKER_ACTIVITIES=json.dumps(activities),
+        BROKER_HANDLERS='["handlers.seeds:router"]',
+        BROKER_ENTRY_POINTS="false",
+    )
+    run = run_cli("run", env=env, cwd=tmp_path)
+    assert run.returncode == 2
+    assert "handler 'ghost' is not registered" in run.stderr
+
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("settings: PROBLEM: BROKER_ACTIVITIES: activity 'check-unrouted': handler")
+        for line in lines
+    )
+    assert any(line.startswith(f"queue {callback}: ok (") for line in lines)
+    assert (
+        f"queue {callback}-other: PROBLEM: dead-letter queue 'no-such-dlq' (of queue "
+        f"'{callback}-other') not found in region us-east-1 ("
+    ) in result.stdout
+    assert "activity check-unrouted: not found; would be created at start-up" in lines
+    assert lines[-1] == (
+        "check: 1 queue ok, 0 activities ok, 1 activity to create at start-up, "
+        "6 handler types; 2 problems"
+    )
+    names = [a["name"] for a in aws.client("stepfunctions").list_activities()["activities"]]
+    assert "check-unrouted" not in names
