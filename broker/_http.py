@@ -1,16 +1,20 @@
 """The broker's HTTP listeners: ``aiohttp.web`` behind an accept loop of our own.
 
 The probes' listener (``/livez``, ``/readyz``, ``/metrics``) is the first; the public
-decision endpoint is meant to be a second one, with its own routes and address, through
-the same ``serve_routes``.  Both run as tasks in the broker's root task group, and no
-number or behaviour of clients may stop the broker, so the listener:
+decision endpoint is meant to be a second one, with its own routes, address and limits,
+through the same ``serve_routes``.  Both run as tasks in the broker's root task group,
+and no number or behaviour of clients may stop the broker, so a listener:
 
 - accepts connections itself (not ``loop.create_server``): ``accept()`` errors such as
-  ``EMFILE`` are logged and waited out here, never raised into the task group;
-- holds at most ``max_connections`` sockets, and fewer when the process' file limit is
-  low, so the broker's own AWS connections always find a descriptor.  At the cap, a new
-  connection takes the place of the one idle the longest (connected, no request being
-  handled): idle clients can't lock a probe out, they only push each other out;
+  ``EMFILE`` are logged and waited out here, never raised into the task group, and an
+  error of its own is logged and the loop goes on;
+- holds at most ``max_connections`` sockets, and at most 1/8 of the process' file
+  limit, so the broker's own AWS connections always find a descriptor.  At the cap, a
+  new connection takes the place of the one idle the longest; when none is idle, new
+  connections are closed at once, which keeps the kernel's queue moving;
+- reads (without taking) the first bytes of each new connection: requests for its
+  priority paths (the probes) get slots of their own, so a flood of scrapes or of idle
+  connections can't make a probe wait behind it;
 - gives each connection ``request_timeout_s`` to send a request head (aiohttp's keep-alive
   timer, which it arms at connect), ``handler_timeout_s`` per request and
   ``max_connection_s`` in all; header and body sizes are bounded.
@@ -28,7 +32,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import anyio
 import anyio.lowlevel
@@ -38,6 +42,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 __all__ = [
     "PROBE_LIMITS",
+    "PROBE_PATHS",
     "Health",
     "HttpEndpoints",
     "ListenerLimits",
@@ -71,7 +76,8 @@ _ACCEPT_STARVED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 #: Connections accepted in one go before the loop serves those already open.
 _ACCEPT_BATCH: Final = 16
 _STARVED_PAUSE_S: Final = 0.1
-_SATURATED_POLL_S: Final = 0.02
+#: Enough of a request to read its method and path.
+_PEEK_BYTES: Final = 256
 #: A connection this young is never evicted: time enough to send its request and have
 #: it picked up even on a busy loop, so a flood of new connections can't push a probe
 #: out before it is answered.
@@ -102,6 +108,8 @@ class ListenerLimits:
 
     #: Open connections at most; also at most 1/8 of the process' file limit.
     max_connections: int = 64
+    #: More, for requests to the listener's priority paths (the probes), at most the cap.
+    priority_connections: int = 8
     #: From connect (or the last response) to a complete request head.
     request_timeout_s: float = 5.0
     #: One request's handler; past it the client gets a 503.
@@ -114,10 +122,14 @@ class ListenerLimits:
     max_body_bytes: int = 1024
     #: False: one request per connection ("Connection: close" on every response).
     keep_alive: bool = False
-    backlog: int = 128
+    #: Connections the kernel queues while the listener is at its cap (Linux caps it
+    #: at net.core.somaxconn): past it, new clients' SYNs are dropped and retried.
+    backlog: int = 1024
 
 
 PROBE_LIMITS: Final = ListenerLimits()
+#: The probes' paths: answered first, whatever else the port is asked.
+PROBE_PATHS: Final = ("/livez", "/healthz", "/readyz")
 
 
 def connection_cap(limits: ListenerLimits) -> int:
@@ -150,6 +162,7 @@ async def serve_http(
         host,
         port,
         limits=limits,
+        priority_paths=PROBE_PATHS,
         task_status=task_status,
     )
 
@@ -210,16 +223,19 @@ async def serve_routes(
     port: int,
     *,
     limits: ListenerLimits,
+    priority_paths: Iterable[str] = (),
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` on ``host:port`` until cancelled; reports the bound port.
+
+    GET and HEAD requests for ``priority_paths`` get connection slots of their own.
 
     Binding raises ``OSError`` (the caller names the setting); once started, nothing a
     client does raises out of here: failures are logged and the listener goes on.
     """
     sockets = _bind(host, port, limits.backlog)
     try:
-        listener = _Listener(name, limits)
+        listener = _Listener(name, limits, priority_paths)
         runner = web.AppRunner(
             listener.application(routes),
             handle_signals=False,
@@ -240,7 +256,7 @@ async def serve_routes(
             sock.close()
         raise
     bound = int(sockets[0].getsockname()[1])
-    log.info("%s on http://%s:%d (at most %d connections)", name, host, bound, listener.cap)
+    log.info("%s on http://%s:%d (at most %d connections)", name, host, bound, listener.limit)
     try:
         server = runner.server
         assert server is not None  # set by setup()
@@ -290,6 +306,7 @@ def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
 @dataclass(eq=False, slots=True)
 class _Connection:
     sock: socket.socket
+    lane: _Lane
     opened: float
     #: Since when it waits for a request: its accept, or the end of its last request.
     idle_since: float
@@ -307,6 +324,54 @@ class _Connection:
             self.transport.abort()  # frees the descriptor on the next loop turn
         else:
             self.sock.close()
+
+
+class _Lane:
+    """Connections admitted under one limit, the one idle the longest first."""
+
+    __slots__ = ("limit", "open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[_Connection, None] = {}
+
+    def make_room(self, now: float) -> bool:
+        """True when one more fits, if need be by closing the one idle the longest."""
+        if len(self.open) < self.limit:
+            return True
+        self.forget_closed()
+        if len(self.open) < self.limit:
+            return True
+        old_enough = now - _EVICT_AFTER_S
+        for connection in self.open:
+            if connection.idle_since > old_enough:
+                return False  # ordered by idle_since: the rest are younger still
+            if not connection.busy and connection.transport is not None:
+                del self.open[connection]
+                connection.abort()
+                return True
+        return False
+
+    def idle_again(self, connection: _Connection, now: float) -> None:
+        if connection in self.open:
+            connection.idle_since = now
+            del self.open[connection]  # last in the eviction order from now
+            self.open[connection] = None
+
+    def forget_closed(self) -> None:
+        # Rebuilt rather than edited in place: cheaper, and the order is kept.
+        self.open = {c: None for c in self.open if not c.closed}
+
+    def sweep(self, opened_before: float) -> None:
+        for connection in [c for c in self.open if c.opened < opened_before]:
+            del self.open[connection]
+            connection.abort()
+        self.forget_closed()
+
+    def abort_all(self) -> None:
+        for connection in self.open:
+            connection.abort()
+        self.open.clear()
 
 
 @dataclass(slots=True)
@@ -343,25 +408,40 @@ class _ClientErrorFilter(logging.Filter):
         return False
 
 
-class _Listener:
-    """Connections of one listening address: admitted, tracked, evicted, swept."""
+#: What a new connection's first bytes ask for: a priority path, anything else, nothing
+#: sent yet, or the client already gone.
+_Asks = Literal["priority", "other", "unknown", "gone"]
 
-    def __init__(self, name: str, limits: ListenerLimits) -> None:
+
+class _Listener:
+    """The connections of one listener: admitted, tracked, evicted, swept."""
+
+    def __init__(self, name: str, limits: ListenerLimits, priority_paths: Iterable[str]) -> None:
         self.name = name
         self.limits = limits
         self.cap = connection_cap(limits)
-        #: Open connections, the one idle the longest first.
-        self._open: dict[_Connection, None] = {}
+        self._normal = _Lane(self.cap)
+        #: Requests for these paths (probes) get slots of their own: a flood of other
+        #: requests, or of idle connections, can't make them wait behind it.
+        self._priority_paths = frozenset(path.encode() for path in priority_paths)
+        self._priority = _Lane(min(limits.priority_connections, self.cap))
         self._by_transport: dict[asyncio.Transport, _Connection] = {}
+        #: Connections waiting for their first bytes before a lane is chosen.
+        self._undecided: dict[socket.socket, anyio.CancelScope] = {}
         self._warnings = _Warnings(_WARN_EVERY_S)
         # A logger of its own, outside the logging tree: aiohttp's reports of bad
         # requests go through the filter, which rewrites them as rate-limited warnings.
         self.client_errors = logging.Logger(f"broker.http.{name}")
         self.client_errors.addFilter(_ClientErrorFilter(self._warnings, name))
 
+    @property
+    def limit(self) -> int:
+        return self._normal.limit + (self._priority.limit if self._priority_paths else 0)
+
     def application(self, routes: Iterable[web.AbstractRouteDef]) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.limits.max_body_bytes)
         app.add_routes(routes)
+        app.on_response_prepare.append(_plain_server_header)
         if not self.limits.keep_alive:
             app.on_response_prepare.append(_close_after)
         return app
@@ -387,11 +467,8 @@ class _Listener:
         finally:
             if connection is not None:
                 connection.busy -= 1
-                if not connection.busy and connection in self._open:
-                    # Idle again from now: last in the eviction order.
-                    connection.idle_since = time.monotonic()
-                    del self._open[connection]
-                    self._open[connection] = None
+                if not connection.busy:
+                    connection.lane.idle_again(connection, time.monotonic())
 
     async def accept_forever(
         self, sock: socket.socket, server: web.Server, tasks: TaskGroup
@@ -412,11 +489,6 @@ class _Listener:
         self, sock: socket.socket, server: web.Server, tasks: TaskGroup
     ) -> None:
         for _ in range(_ACCEPT_BATCH):
-            # Every connection is in a handler (each bounded by handler_timeout_s) or
-            # too young to evict: leave the newcomers in the kernel's backlog a moment.
-            # Polled, as aiohttp tells nobody when it closes a connection.
-            while not self._make_room():  # noqa: ASYNC110
-                await anyio.sleep(_SATURATED_POLL_S)
             try:
                 conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -433,57 +505,101 @@ class _Listener:
                         "%s: cannot accept connections (%s); %d open here, retrying",
                         self.name,
                         exc.strerror or exc,
-                        len(self._open),
+                        len(self._normal.open) + len(self._priority.open),
                     )
                     await anyio.sleep(_STARVED_PAUSE_S)
                     return
                 raise
-            now = time.monotonic()
-            connection = _Connection(conn, opened=now, idle_since=now)
-            self._open[connection] = None
-            tasks.start_soon(self._adopt, connection, server)
+            self._admit(conn, server, tasks)
 
-    def _make_room(self) -> bool:
-        """True when one more connection fits, if need be by closing the one idle longest."""
-        self._forget_closed()
-        if len(self._open) < self.cap:
-            return True
-        if self._evict_one():
+    def _admit(self, conn: socket.socket, server: web.Server, tasks: TaskGroup) -> None:
+        """Take the connection into a lane, or close it at once when there is no room.
+
+        Closing at once, rather than leaving newcomers in the kernel's backlog, keeps
+        that queue moving: a probe behind a flood reaches its own lane in moments.
+        """
+        conn.setblocking(False)
+        asks = self._asks_for(conn)
+        now = time.monotonic()
+        if asks == "unknown" and self._priority_paths and not self._normal.make_room(now):
+            # Nothing sent yet and no room: maybe a probe whose request is on its way,
+            # maybe one more idle client.  Wait a moment for its first bytes; when too
+            # many wait, the one waiting the longest is given up.
+            if len(self._undecided) >= self.cap:
+                self._undecided.pop(next(iter(self._undecided))).cancel()
+            scope = anyio.CancelScope()
+            self._undecided[conn] = scope
+            tasks.start_soon(self._admit_when_heard, conn, scope, server, tasks)
+            return
+        self._place(conn, asks, server, tasks)
+
+    async def _admit_when_heard(
+        self, conn: socket.socket, scope: anyio.CancelScope, server: web.Server, tasks: TaskGroup
+    ) -> None:
+        try:
+            with scope:
+                with anyio.move_on_after(_EVICT_AFTER_S):
+                    await anyio.wait_readable(conn)
+                asks = self._asks_for(conn)
+                self._place(conn, "other" if asks == "unknown" else asks, server, tasks)
+                return
+            conn.close()  # given up for a newer one
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self._undecided.pop(conn, None)
+
+    def _place(
+        self, conn: socket.socket, asks: _Asks, server: web.Server, tasks: TaskGroup
+    ) -> None:
+        if asks == "gone":
+            conn.close()
+            return
+        now = time.monotonic()
+        lanes = (self._priority, self._normal) if asks == "priority" else (self._normal,)
+        lane = next((lane for lane in lanes if lane.make_room(now)), None)
+        if lane is None:
+            conn.close()
             self._warnings.warn(
                 "cap",
-                "%s: %d connections open, the cap: closing the one idle the longest",
+                "%s: %d connections open, the cap, none idle: closing new ones at once",
                 self.name,
-                self.cap,
+                self.limit,
             )
-            return True
-        return False
+            return
+        connection = _Connection(conn, lane, opened=now, idle_since=now)
+        lane.open[connection] = None
+        if len(self._by_transport) > 2 * self.limit:
+            self._by_transport = {t: c for t, c in self._by_transport.items() if not c.closed}
+        tasks.start_soon(self._adopt, connection, server)
 
-    def _evict_one(self) -> bool:
-        old_enough = time.monotonic() - _EVICT_AFTER_S
-        for connection in self._open:
-            if connection.idle_since > old_enough:
-                break  # ordered by idle_since: the rest are younger still
-            if not connection.busy and connection.transport is not None:
-                del self._open[connection]
-                connection.abort()
-                return True
-        return False
-
-    def _forget_closed(self) -> None:
-        for connection in [c for c in self._open if c.closed]:
-            del self._open[connection]
-        for transport in [t for t, c in self._by_transport.items() if c.closed]:
-            del self._by_transport[transport]
+    def _asks_for(self, conn: socket.socket) -> _Asks:
+        """What the request the client already sent asks for, read without taking it."""
+        if not self._priority_paths:
+            return "other"
+        try:
+            head = conn.recv(_PEEK_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return "unknown"
+        except OSError:
+            return "gone"
+        if not head:
+            return "gone"  # closed without a word
+        method, _, rest = head.partition(b" ")
+        target = rest.partition(b" ")[0].partition(b"?")[0]
+        if method in (b"GET", b"HEAD") and target in self._priority_paths:
+            return "priority"
+        return "other"
 
     async def _adopt(self, connection: _Connection, server: web.Server) -> None:
         """Hand an accepted socket to aiohttp."""
         loop = asyncio.get_running_loop()
         try:
-            connection.sock.setblocking(False)
             transport, _ = await loop.connect_accepted_socket(server, connection.sock)
         except Exception as exc:  # noqa: BLE001 - the client may be gone; nothing may escape
             connection.sock.close()
-            self._open.pop(connection, None)
+            connection.lane.open.pop(connection, None)
             log.debug("%s: connection dropped before it was served (%r)", self.name, exc)
             return
         except BaseException:
@@ -491,8 +607,8 @@ class _Listener:
             raise
         connection.transport = transport
         self._by_transport[transport] = connection
-        if connection not in self._open:
-            transport.abort()  # evicted or swept while it was being set up
+        if connection not in connection.lane.open:
+            transport.abort()  # swept while it was being set up
 
     async def sweep(self) -> None:
         """Close connections past ``max_connection_s``: a client reading its response
@@ -500,20 +616,23 @@ class _Listener:
         while True:
             await anyio.sleep(_SWEEP_EVERY_S)
             try:
-                oldest_allowed = time.monotonic() - self.limits.max_connection_s
-                for connection in [c for c in self._open if c.opened < oldest_allowed]:
-                    del self._open[connection]
-                    connection.abort()
-                self._forget_closed()
+                opened_before = time.monotonic() - self.limits.max_connection_s
+                for lane in (self._normal, self._priority):
+                    lane.sweep(opened_before)
+                self._by_transport = {t: c for t, c in self._by_transport.items() if not c.closed}
             except Exception:
                 log.exception("%s: closing old connections failed; going on", self.name)
 
     def abort_all(self) -> None:
-        for connection in self._open:
-            connection.abort()
-        self._open.clear()
+        for lane in (self._normal, self._priority):
+            lane.abort_all()
         self._by_transport.clear()
 
 
 async def _close_after(request: web.Request, response: web.StreamResponse) -> None:
     response.force_close()
+    response.headers["Connection"] = "close"  # aiohttp closes, this tells the client
+
+
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "broker"  # not which aiohttp and Python versions
