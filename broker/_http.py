@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -39,6 +38,11 @@ import anyio.lowlevel
 import orjson
 from aiohttp import web
 from anyio.abc import TaskGroup, TaskStatus
+
+try:
+    import resource
+except ImportError:  # not on Windows: no file limit to read there
+    resource = None  # type: ignore[assignment]
 
 __all__ = [
     "PROBE_LIMITS",
@@ -56,21 +60,16 @@ log = logging.getLogger("broker.http")
 #: How long a rendered /metrics is served again: a scrape flood renders once per interval.
 METRICS_TTL_S: Final = 1.0
 _METRICS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-#: accept() errors that say "nothing to accept after all" (accept(2), Linux notes).
+#: accept() errors that say "nothing to accept after all" (accept(2), Linux notes; some
+#: of these names don't exist on every system).
 _ACCEPT_RETRY: Final = frozenset(
-    {
-        errno.ECONNABORTED,
-        errno.EPROTO,
-        errno.EPERM,
-        errno.ENETDOWN,
-        errno.ENOPROTOOPT,
-        errno.EHOSTDOWN,
-        errno.ENONET,
-        errno.EHOSTUNREACH,
-        errno.EOPNOTSUPP,
-        errno.ENETUNREACH,
-    }
-)
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
 #: accept() errors that say "this process or the system is out of something".
 _ACCEPT_STARVED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Connections accepted in one go before the loop serves those already open.
@@ -138,6 +137,8 @@ def connection_cap(limits: ListenerLimits) -> int:
     An eighth leaves room for a second listener and, above all, for the broker's own
     connections to AWS, whatever the clients of these ports do.
     """
+    if resource is None:
+        return limits.max_connections
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return limits.max_connections
