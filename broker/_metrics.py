@@ -143,7 +143,7 @@ class MetricsCollector(Collector):
         yield free
         yield GaugeMetricFamily(
             "broker_event_loop_lag_seconds",
-            "How late the event loop woke a 0.5 s timer, last measurement.",
+            "How late the event loop woke a 0.5 s timer, the worst of the last 60 s.",
             value=self._stats.event_loop_lag_s,
         )
         yield GaugeMetricFamily("broker_ready", "1 when ready for work.", value=gauges.ready())

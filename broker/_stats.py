@@ -6,12 +6,13 @@ takes a lock or builds a label set.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from enum import StrEnum
 from typing import Final
 
-__all__ = ["DURATION_BUCKETS_S", "Histogram", "Outcome", "Stats"]
+__all__ = ["DURATION_BUCKETS_S", "Histogram", "LoopLag", "Outcome", "Stats"]
 
 
 class Outcome(StrEnum):
@@ -70,6 +71,55 @@ class Histogram:
         return sum(self.counts)
 
 
+class LoopLag:
+    """How late the event loop wakes a timer: the worst over the last ``window_s``.
+
+    One late wake-up is a stall that already happened; a probe asking a moment later
+    must still see it, or a 30 s freeze shows up as a single 503.  A probe asked while
+    the watcher's timer is overdue sees that lateness too, before the timer fires.
+    """
+
+    __slots__ = ("_pending_since", "_period_s", "_worst", "last_s", "window_s")
+
+    def __init__(self, window_s: float, period_s: float) -> None:
+        self.window_s = window_s
+        self._period_s = period_s
+        #: The last measurement alone.
+        self.last_s = 0.0
+        #: (when measured, lag), lags decreasing: the first one is the window's worst.
+        self._worst: deque[tuple[float, float]] = deque()
+        self._pending_since: float | None = None
+
+    def sleeping(self, now: float) -> None:
+        """The watcher starts a ``period_s`` sleep at ``now``."""
+        self._pending_since = now
+
+    def woke(self, now: float) -> float:
+        """The watcher woke at ``now``; returns how late."""
+        assert self._pending_since is not None
+        lag = max(0.0, now - self._pending_since - self._period_s)
+        self._pending_since = None
+        self.last_s = lag
+        while self._worst and self._worst[-1][1] <= lag:
+            self._worst.pop()
+        self._worst.append((now, lag))
+        return lag
+
+    def worst(self, now: float) -> float:
+        """The worst lag measured in the last ``window_s``, or the current overdue."""
+        while self._worst and self._worst[0][0] < now - self.window_s:
+            self._worst.popleft()
+        worst = self._worst[0][1] if self._worst else 0.0
+        if self._pending_since is not None:
+            worst = max(worst, now - self._pending_since - self._period_s)
+        return worst
+
+
+#: The event loop's timer probe, and how long its worst lateness stays on show.
+LAG_PROBE_S: Final = 0.5
+LAG_WINDOW_S: Final = 60.0
+
+
 class Stats:
     def __init__(self) -> None:
         self.outcomes: Counter[tuple[str, Outcome]] = Counter()
@@ -82,11 +132,16 @@ class Stats:
         self.throttles: Counter[str] = Counter()
         self.heartbeats: Counter[str] = Counter()
         self.delete_batch_sizes = Histogram(BATCH_BUCKETS)
-        self.event_loop_lag_s = 0.0
+        self.loop_lag = LoopLag(LAG_WINDOW_S, LAG_PROBE_S)
 
     def count(self, queue: str, outcome: Outcome, message_type: str = "none") -> None:
         self.outcomes[(queue, outcome)] += 1
         self.by_type[(queue, message_type, outcome)] += 1
+
+    @property
+    def event_loop_lag_s(self) -> float:
+        """The worst event-loop lag of the last ``LAG_WINDOW_S`` (the gauge, liveness)."""
+        return self.loop_lag.worst(time.monotonic())
 
     def total(self, outcome: Outcome) -> int:
         return sum(n for (_, seen), n in self.outcomes.items() if seen is outcome)

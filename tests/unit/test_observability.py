@@ -154,7 +154,7 @@ async def test_unknown_paths_and_methods() -> None:
         assert port
         assert (await http_get(port, "/nope"))[0] == 404
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-            await stream.send(b"POST /livez HTTP/1.1\r\n\r\n")
+            await stream.send(b"POST /livez HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await stream.receive()).startswith(b"HTTP/1.1 405")
 
 
