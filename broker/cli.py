@@ -53,7 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args)
     try:
         settings = load_settings(args.config)
-        configure_logging(settings.log_level, settings.log_format, settings.log_levels)
+        configure_logging(
+            settings.log_level,
+            settings.log_format,
+            settings.log_levels,
+            token_fields=[field for queue in settings.queues for field in queue.token_fields],
+        )
         if args.command == "healthcheck":
             return _healthcheck(settings, ready=args.ready)
         if args.command == "redrive":
