@@ -176,23 +176,29 @@ class Broker:
                     self._ready = not self._stop_requested
                     task_status.started()
                     await self._stop.wait()
-                    # Cancelling a long poll in flight can hide the few messages SQS was
-                    # about to return until their visibility lapses: delayed, not lost.
-                    pollers.cancel_scope.cancel()
+                    # From here everything in ``work``, the polls still open included,
+                    # has the grace period.  A ReceiveMessage in flight is not cancelled:
+                    # SQS may have taken messages for it already, which a cancelled call
+                    # would hide until their visibility lapses.  It returns within the
+                    # long-poll wait, and what it returns is handed back at once.
+                    work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
+                    for consumer in self.consumers:
+                        consumer.stop()
                     for poller in self.activity_pollers:
                         poller.stop()
-                log.info(
-                    "draining: %d handler(s) running, %d activity poll(s) open, grace %.0fs",
-                    self.in_flight,
-                    sum(poller.polling for poller in self.activity_pollers),
-                    self.settings.shutdown_grace_s,
-                )
-                work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
+                    log.info(
+                        "draining: %d handler(s) running, %d receive(s) and %d activity "
+                        "poll(s) open, grace %.0fs",
+                        self.in_flight,
+                        sum(consumer.receiving for consumer in self.consumers),
+                        sum(poller.polling for poller in self.activity_pollers),
+                        self.settings.shutdown_grace_s,
+                    )
         if work_scope.cancelled_caught:
             log.warning(
                 "grace period over: work still running cancelled (messages go back to their "
-                "queues, activity tasks are failed with Broker.ShuttingDown, activity polls "
-                "still open are cut off)"
+                "queues, activity tasks are failed with Broker.ShuttingDown, receives and "
+                "activity polls still open are cut off)"
             )
 
     async def _activity_pollers(

@@ -116,8 +116,18 @@ class _Queue:
 class FakeSqs(_Faults):
     """An in-memory SQS with the calls the broker makes."""
 
-    def __init__(self, *, region: str = "us-east-1", account: str = "000000000000") -> None:
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        account: str = "000000000000",
+        answer_latency_s: float = 0.0,
+    ) -> None:
         super().__init__()
+        #: How long a ReceiveMessage answer takes to reach the caller once its messages
+        #: are in flight: a poll cancelled meanwhile hides them until their visibility
+        #: lapses, as on AWS (the race the broker's drain must not lose).
+        self.answer_latency_s = answer_latency_s
         self._base = f"https://sqs.{region}.amazonaws.com/{account}"
         self.queues: dict[str, _Queue] = {}
         self.receive_sizes: list[int] = []
@@ -292,6 +302,8 @@ class FakeSqs(_Faults):
                 if stored.attributes:
                     raw["MessageAttributes"] = stored.attributes
                 out.append(raw)
+            if out and self.answer_latency_s:
+                await anyio.sleep(self.answer_latency_s)
             return {"Messages": out} if out else {}
 
     async def delete_message_batch(
@@ -330,6 +342,28 @@ class FakeSqs(_Faults):
                 raise client_error("ReceiptHandleIsInvalid")
             found.visible_at = anyio.current_time() + VisibilityTimeout
             return {}
+
+    async def change_message_visibility_batch(
+        self,
+        *,
+        QueueUrl: str,
+        Entries: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        async with self._call("change_message_visibility_batch"):
+            if not 1 <= len(Entries) <= 10:
+                raise client_error("TooManyEntriesInBatchRequest", "1..10 entries")
+            queue = self._queue(QueueUrl)
+            successful, failed = [], []
+            for entry in Entries:
+                found = self._by_handle(queue, entry["ReceiptHandle"])
+                if found is None:
+                    failed.append(
+                        {"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True}
+                    )
+                else:
+                    found.visible_at = anyio.current_time() + int(entry["VisibilityTimeout"])
+                    successful.append({"Id": entry["Id"]})
+            return {"Successful": successful, "Failed": failed}
 
     def _url(self, queue: str) -> str:
         return queue if queue.startswith("https://") else self.url_of(queue)
