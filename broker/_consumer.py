@@ -9,13 +9,14 @@ A queue has ``receivers`` such loops: one ReceiveMessage returns at most 10 mess
 with 20 ms per call a single loop tops out near 400 messages/s whatever the concurrency.
 A loop that finds no free slot waits for one, so extra loops cost nothing when busy.
 
-At the stop (``stop``) no poll starts any more, but a ReceiveMessage in flight is left
-to return, until the drain's grace deadline at the latest: SQS may already have taken
-messages for it, and cancelling it would hide them until their visibility timeout.
-What such a poll returns is not started: it is handed back (ChangeMessageVisibilityBatch
-to 0) for another replica as soon as the queue's last open poll has returned.  Not
-before: a message made visible while a sibling loop still polls would be received
-again by it, and each receive counts against the message's attempts.
+At the stop (``stop``) no poll starts any more, but a ReceiveMessage in flight is not
+cancelled by it: SQS may already have taken messages for it, and cancelling it would
+hide them until their visibility timeout.  The broker cancels it (``poll``'s scope) only
+when nothing else keeps the drain going, or at the grace deadline.  What such a poll
+returns is not started: it is handed back (ChangeMessageVisibilityBatch to 0) for
+another replica as soon as the queue's last open poll has returned.  Not before: a
+message made visible while a sibling loop still polls would be received again by it,
+and each receive counts against the message's attempts.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ class QueueConsumer:
             del self._receiving_since[index]
             if self._stopping:
                 log.info(
-                    "ReceiveMessage on %s cut off at the end of the grace period; messages "
-                    "SQS was about to return come back after their visibility timeout",
+                    "ReceiveMessage on %s cut off in the drain; messages SQS was about to "
+                    "return through it come back after their visibility timeout",
                     self.queue.name,
                 )
             raise

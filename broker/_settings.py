@@ -392,6 +392,14 @@ class _NamesChecked(PydanticBaseSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._source.get_field_value(field, field_name)
 
+    def _set_current_state(self, state: dict[str, Any]) -> None:
+        super()._set_current_state(state)
+        self._source._set_current_state(state)
+
+    def _set_settings_sources_data(self, states: dict[str, dict[str, Any]]) -> None:
+        super()._set_settings_sources_data(states)
+        self._source._set_settings_sources_data(states)
+
     def __call__(self) -> dict[str, Any]:
         variables: Mapping[str, str | None] = getattr(self._source, "env_vars", {})
         problems = unknown_variables(variables, self._where)
