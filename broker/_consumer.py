@@ -8,6 +8,15 @@ come first served, so a busy queue cannot starve a quiet one.
 A queue has ``receivers`` such loops: one ReceiveMessage returns at most 10 messages, so
 with 20 ms per call a single loop tops out near 400 messages/s whatever the concurrency.
 A loop that finds no free slot waits for one, so extra loops cost nothing when busy.
+
+At the stop (``stop``) no poll starts any more, but a ReceiveMessage in flight is not
+cancelled by it: SQS may already have taken messages for it, and cancelling it would
+hide them until their visibility timeout.  The broker cancels it (``poll``'s scope) only
+when nothing else keeps the drain going, or at the grace deadline.  What such a poll
+returns is not started: it is handed back (ChangeMessageVisibilityBatch to 0) for
+another replica as soon as the queue's last open poll has returned.  Not before: a
+message made visible while a sibling loop still polls would be received again by it,
+and each receive counts against the message's attempts.
 """
 
 from __future__ import annotations
@@ -66,6 +75,11 @@ class QueueConsumer:
         #: When each loop's ReceiveMessage in flight began (loop index → time).
         self._receiving_since: dict[int, float] = {}
         self._failures = 0
+        self._stopping = False
+        #: Messages received after the stop, handed back once every poll has returned.
+        self._drained: list[ReceivedMessage] = []
+        #: Each loop's cancel scope, which ``stop`` uses unless the loop is receiving.
+        self._scopes: dict[int, anyio.CancelScope] = {}
 
     @property
     def in_flight(self) -> int:
@@ -76,6 +90,11 @@ class QueueConsumer:
     def free_slots(self) -> int:
         """Handler slots of this queue not running a handler (a pending poll's included)."""
         return int(self._queue_slots.total_tokens) - self._processing
+
+    @property
+    def receiving(self) -> int:
+        """ReceiveMessage calls in flight."""
+        return len(self._receiving_since)
 
     @property
     def failing(self) -> bool:
@@ -101,51 +120,119 @@ class QueueConsumer:
         bound_s = 3 * (self.queue.settings.wait_time_s + 10) + 10
         return waited_s if waited_s > bound_s else None
 
+    def stop(self) -> None:
+        """Start no more polls: loops waiting for a slot or backing off end now, and a
+        ReceiveMessage in flight is left to return (then what it returns is handed back)."""
+        self._stopping = True
+        for index, scope in self._scopes.items():
+            if index not in self._receiving_since:
+                scope.cancel()
+
     async def poll(self, work: TaskGroup) -> None:
-        """Run the queue's receive loops until cancelled; messages start as tasks in ``work``."""
-        async with anyio.create_task_group() as loops:
-            for index in range(self.receivers):
-                loops.start_soon(self._poll_loop, index, work)
+        """Run the queue's receive loops until ``stop`` (and their last receives returned)
+        or cancelled; messages start as tasks in ``work``."""
+        try:
+            async with anyio.create_task_group() as loops:
+                for index in range(self.receivers):
+                    loops.start_soon(self._poll_loop, index, work)
+        finally:
+            drained, self._drained = self._drained, []
+            await self._hand_back(drained)
 
     async def _poll_loop(self, index: int, work: TaskGroup) -> None:
-        while True:
-            slots = await self._reserve()
-            self._receiving_since[index] = anyio.current_time()
-            try:
-                messages = await self._receive(len(slots))
-            except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
-                self._release(slots)
-                del self._receiving_since[index]
-                self._failures += 1
-                failures = self._failures
-                delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
-                log.error(
-                    "ReceiveMessage on %s failed (%s, %s); next try in %.1fs",
-                    self.queue.name,
-                    error_code(exc) or type(exc).__name__,
-                    classify(exc).value,
-                    delay_s,
-                )
-                await anyio.sleep(delay_s)
-                continue
-            except BaseException:
-                self._release(slots)
-                del self._receiving_since[index]
-                raise
+        with anyio.CancelScope() as self._scopes[index]:
+            while not self._stopping:
+                await self._poll_once(index, work)
+
+    async def _poll_once(self, index: int, work: TaskGroup) -> None:
+        slots = await self._reserve()
+        if self._stopping:
+            self._release(slots)
+            return
+        self._receiving_since[index] = anyio.current_time()
+        try:
+            messages = await self._receive(len(slots))
+        except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
+            self._release(slots)
             del self._receiving_since[index]
-            self._failures = 0
-            self._stats.received[self.queue.name] += len(messages)
-            held = list(zip(messages, slots, strict=False))
-            self._processing += len(held)
-            self._release(slots[len(messages) :])
-            if self.queue.fifo:
-                # SQS hands out a group's messages in order and holds back the rest of
-                # the group while any is in flight; keeping that order is ours to do.
-                for group in _by_group(held):
-                    work.start_soon(self._handle_in_order, group)
-            else:
-                for message, slot in held:
-                    work.start_soon(self._handle, message, slot)
+            self._failures += 1
+            failures = self._failures
+            delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
+            log.error(
+                "ReceiveMessage on %s failed (%s, %s); next try in %.1fs",
+                self.queue.name,
+                error_code(exc) or type(exc).__name__,
+                classify(exc).value,
+                delay_s,
+            )
+            if not self._stopping:
+                await anyio.sleep(delay_s)
+            return
+        except BaseException:
+            self._release(slots)
+            del self._receiving_since[index]
+            if self._stopping:
+                log.info(
+                    "ReceiveMessage on %s cut off in the drain; messages SQS was about to "
+                    "return through it come back after their visibility timeout",
+                    self.queue.name,
+                )
+            raise
+        del self._receiving_since[index]
+        self._failures = 0
+        if self._stopping:
+            # The broker stops: start nothing; ``poll`` hands these back for another
+            # replica once no loop of this queue polls any more.
+            self._drained += messages
+            self._release(slots)
+            return
+        self._stats.received[self.queue.name] += len(messages)
+        held = list(zip(messages, slots, strict=False))
+        self._processing += len(held)
+        self._release(slots[len(messages) :])
+        if self.queue.fifo:
+            # SQS hands out a group's messages in order and holds back the rest of
+            # the group while any is in flight; keeping that order is ours to do.
+            for group in _by_group(held):
+                work.start_soon(self._handle_in_order, group)
+        else:
+            for message, slot in held:
+                work.start_soon(self._handle, message, slot)
+
+    async def _hand_back(self, messages: list[ReceivedMessage]) -> None:
+        """Make messages received during the drain visible again now (shielded, bounded)."""
+        if not messages:
+            return
+        failed: list[str] = []
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S) as scope:
+            for start in range(0, len(messages), MAX_RECEIVE):
+                batch = messages[start : start + MAX_RECEIVE]
+                try:
+                    response = await self._sqs.change_message_visibility_batch(
+                        QueueUrl=self.queue.url,
+                        Entries=[
+                            {
+                                "Id": str(number),
+                                "ReceiptHandle": message.receipt_handle,
+                                "VisibilityTimeout": 0,
+                            }
+                            for number, message in enumerate(batch)
+                        ],
+                    )
+                    failed += [str(entry.get("Code")) for entry in response.get("Failed", [])]
+                except Exception as exc:  # noqa: BLE001 - they return when their visibility lapses
+                    failed += [error_code(exc) or type(exc).__name__] * len(batch)
+        if scope.cancelled_caught:
+            failed = ["timeout"] * len(messages)
+        log.info(
+            "drain: %d message(s) a poll returned after the stop handed back to %s%s",
+            len(messages) - len(failed),
+            self.queue.name,
+            f"; {len(failed)} not ({', '.join(sorted(set(failed)))}): they come back after "
+            "their visibility timeout"
+            if failed
+            else "",
+        )
 
     async def _reserve(self) -> list[_Slot]:
         first = _Slot()

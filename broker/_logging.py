@@ -1,23 +1,23 @@
 """Logging set-up: JSON lines for containers, readable text on a terminal.
 
-Every record passes through one redaction step, so a task token that slipped into a
-message or an exception (botocore includes request parameters in some errors) is
-replaced by its short hash before it is written anywhere.
+Every record passes through one redaction step (broker/_redact.py), so a task token that
+slipped into a message or an exception (botocore includes request parameters in some
+errors, and prints whole request and response bodies at DEBUG) is replaced by its short
+hash before it is written anywhere.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 import orjson
 
 from ._events import current_token
-from ._redact import token_ref
+from ._redact import redact, register_token_fields
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "redact_tokens"]
 
@@ -25,9 +25,6 @@ __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "redact_tokens
 _STANDARD_FIELDS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
-# Step Functions tokens are long base64-ish strings (hundreds of characters).  Anything
-# that long in a log line is treated as a token: a false positive only shortens a blob.
-_LONG_SECRET: Final = re.compile(r"[A-Za-z0-9+/_\-]{120,}={0,2}")
 _COLOURS: Final = {"WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m"}
 
 
@@ -36,12 +33,10 @@ def redact_tokens(text: str) -> str:
 
     Log records are formatted in the task that wrote them, so a handler's own log line
     that quotes ``task.token`` is caught whatever the token looks like (the emulators'
-    tokens are short UUIDs that no pattern would catch).
+    tokens are short UUIDs that no pattern would catch).  Outside a message (botocore's
+    lines about a ReceiveMessage) the token-named fields are what is caught.
     """
-    token = current_token()
-    if token and token in text:
-        text = text.replace(token, token_ref(token))
-    return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
+    return redact(text, current_token())
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -86,8 +81,15 @@ def configure_logging(
     log_format: str = "auto",
     levels: Mapping[str, str] | None = None,
     stream: TextIO | None = None,
+    *,
+    token_fields: Iterable[str] = (),
 ) -> None:
-    """Install one handler on the root logger (replacing earlier ones)."""
+    """Install one handler on the root logger (replacing earlier ones).
+
+    ``token_fields``: the body fields the queues read tokens from; their values are
+    hidden in every line, like those of fields named ``*Token`` (``TaskToken``).
+    """
+    register_token_fields(token_fields)
     stream = stream or sys.stderr
     tty = stream.isatty()
     use_json = log_format == "json" or (log_format == "auto" and not tty)
@@ -98,8 +100,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # botocore logs request details (tokens included) at DEBUG: keep it quieter unless
-    # a per-logger level says otherwise.
+    # botocore logs whole requests and responses at DEBUG: keep it quieter unless a
+    # per-logger level says otherwise (what it then shows: docs/operations.md).
     for noisy in ("botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
     for name, name_level in (levels or {}).items():

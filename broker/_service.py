@@ -189,23 +189,43 @@ class Broker:
                     self._ready = not self._stop_requested
                     task_status.started()
                     await self._stop.wait()
-                    # Cancelling a long poll in flight can hide the few messages SQS was
-                    # about to return until their visibility lapses: delayed, not lost.
-                    pollers.cancel_scope.cancel()
+                    # From here everything in ``work`` has the grace period.  A
+                    # ReceiveMessage in flight is not cancelled while the drain lasts
+                    # anyway (handlers or activity polls still running): SQS may have
+                    # taken messages for it already, which a cancelled call would hide
+                    # until their visibility lapses.  What it returns is handed back.
+                    # Once nothing else runs, a poll still open is cut rather than
+                    # waited for (up to wait_time_s): it found nothing so far.
+                    work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
+                    for consumer in self.consumers:
+                        consumer.stop()
                     for poller in self.activity_pollers:
                         poller.stop()
-                log.info(
-                    "draining: %d handler(s) running, %d activity poll(s) open, grace %.0fs",
-                    self.in_flight,
-                    sum(poller.polling for poller in self.activity_pollers),
-                    self.settings.shutdown_grace_s,
-                )
-                work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
+                    log.info(
+                        "draining: %d handler(s) running, %d receive(s) and %d activity "
+                        "poll(s) open, grace %.0fs",
+                        self.in_flight,
+                        sum(consumer.receiving for consumer in self.consumers),
+                        sum(poller.polling for poller in self.activity_pollers),
+                        self.settings.shutdown_grace_s,
+                    )
+
+                    async def cut_polls_once_nothing_else_runs() -> None:
+                        # No event marks the last handler of every queue and activity
+                        # ending; a look every 20 ms, within the grace, costs nothing.
+                        while self.in_flight or any(  # noqa: ASYNC110 - see above
+                            p.polling for p in self.activity_pollers
+                        ):
+                            await anyio.sleep(0.02)
+                        pollers.cancel_scope.cancel()
+
+                    if any(consumer.receiving for consumer in self.consumers):
+                        pollers.start_soon(cut_polls_once_nothing_else_runs)
         if work_scope.cancelled_caught:
             log.warning(
                 "grace period over: work still running cancelled (messages go back to their "
-                "queues, activity tasks are failed with Broker.ShuttingDown, activity polls "
-                "still open are cut off)"
+                "queues, activity tasks are failed with Broker.ShuttingDown, receives and "
+                "activity polls still open are cut off)"
             )
 
     async def _activity_pollers(

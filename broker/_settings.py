@@ -5,15 +5,22 @@ Sources, highest priority first: keyword arguments, environment variables
 ``AWS_ENDPOINT_URL``), a ``.env`` file, a config file (TOML or JSON) given on the
 command line, then defaults.  Credentials are never settings: the standard AWS
 credential chain finds them.
+
+A name is checked the same way wherever it comes from: an unknown ``BROKER_*``
+variable (environment or ``.env``) or an unknown key of the config file stops the start
+naming the closest valid setting, while variables of other programs (``DATABASE_URL``
+in a shared ``.env``) are ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 from pydantic import (
     AliasChoices,
@@ -25,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -36,9 +44,31 @@ from pydantic_settings import (
 from ._envelope import DEFAULT_PAYLOAD_FIELDS, DEFAULT_TOKEN_FIELDS, EnvelopeSpec
 from ._errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "ActivitySettings", "BrokerSettings", "QueueSettings", "load_settings"]
+__all__ = [
+    "ALLOWED_FOREIGN_VARIABLES",
+    "ENV_PREFIX",
+    "ActivitySettings",
+    "BrokerSettings",
+    "QueueSettings",
+    "UnknownSettings",
+    "load_settings",
+    "setting_variables",
+    "unknown_variables",
+]
 
 ENV_PREFIX = "BROKER_"
+
+#: ``BROKER_*`` variables that are not settings and are let through.  Kubernetes gives
+#: every pod ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT_8080_TCP`` … for each Service
+#: of its namespace (``enableServiceLinks``), so a Service named ``broker`` would
+#: otherwise stop every replica.  A bare ``BROKER_PORT`` passes only with such a link's
+#: value (``tcp://10.0.0.1:8080``): written by hand it is a misspelled setting.
+ALLOWED_FOREIGN_VARIABLES: Final = (
+    re.compile(r"BROKER_SERVICE_HOST"),
+    re.compile(r"BROKER_SERVICE_PORT(_[A-Z0-9_]+)?"),
+    re.compile(r"BROKER_PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?"),
+)
+_SERVICE_LINK_VALUE: Final = re.compile(r"(tcp|udp|sctp)://\S+")
 
 
 class QueueSettings(BaseModel):
@@ -131,6 +161,9 @@ def _level(value: str) -> str:
 class BrokerSettings(BaseSettings):
     """Every setting of the broker.  Environment variables are ``BROKER_`` + the name."""
 
+    # extra="forbid" catches unknown keyword arguments and config-file keys; the
+    # environment and .env are checked by name in _NamesChecked (other programs'
+    # variables are not errors there).
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_file=".env",
@@ -301,10 +334,84 @@ class BrokerSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = InitSettingsSource(settings_cls, init_kwargs=cls.config_file_values)
-        return (init_settings, env_settings, dotenv_settings, config_file)
+        return (
+            init_settings,
+            _NamesChecked(settings_cls, env_settings, where=""),
+            _NamesChecked(settings_cls, dotenv_settings, where=" (in .env)"),
+            config_file,
+        )
 
     # Filled by load_settings() on a throwaway subclass; empty for the base class.
     config_file_values: ClassVar[dict[str, Any]] = {}
+
+
+class UnknownSettings(SettingsError):
+    """``BROKER_*`` names that are no setting; the message names each and its closest."""
+
+
+def setting_variables() -> tuple[str, ...]:
+    """Every environment variable name that sets a ``BrokerSettings`` field."""
+    names = [ENV_PREFIX + field.upper() for field in BrokerSettings.model_fields]
+    for info in BrokerSettings.model_fields.values():
+        if isinstance(info.validation_alias, AliasChoices):
+            names += [c for c in info.validation_alias.choices if isinstance(c, str)]
+    return tuple(dict.fromkeys(name for name in names if name.startswith(ENV_PREFIX)))
+
+
+def unknown_variables(variables: Mapping[str, str | None], where: str = "") -> list[str]:
+    """One line per ``BROKER_*`` name in ``variables`` that sets nothing."""
+    valid = setting_variables()
+    problems = []
+    for raw_name, value in variables.items():
+        name = raw_name.upper()  # names are case-insensitive, as pydantic-settings reads them
+        if not name.startswith(ENV_PREFIX) or name in valid or _allowed_foreign(name, value):
+            continue
+        closest = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {closest[0]}?" if closest else "see docs/settings.md"
+        problems.append(f"{name}{where}: unknown setting ({hint})")
+    return problems
+
+
+def _allowed_foreign(name: str, value: str | None) -> bool:
+    if name == f"{ENV_PREFIX}PORT":
+        return bool(value and _SERVICE_LINK_VALUE.fullmatch(value))
+    return any(pattern.fullmatch(name) for pattern in ALLOWED_FOREIGN_VARIABLES)
+
+
+class _NamesChecked(PydanticBaseSettingsSource):
+    """An environment or .env source whose unknown ``BROKER_*`` names are errors and
+    whose other foreign names are dropped (pydantic-settings would hand them to the
+    model as extras, which ``extra="forbid"`` refuses)."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource, where: str
+    ) -> None:
+        super().__init__(settings_cls)
+        self._source = source
+        self._where = where
+        names = set(settings_cls.model_fields)
+        for info in settings_cls.model_fields.values():
+            if isinstance(info.validation_alias, AliasChoices):
+                names.update(c for c in info.validation_alias.choices if isinstance(c, str))
+        self._known = frozenset(names)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def _set_current_state(self, state: dict[str, Any]) -> None:
+        super()._set_current_state(state)
+        self._source._set_current_state(state)
+
+    def _set_settings_sources_data(self, states: dict[str, dict[str, Any]]) -> None:
+        super()._set_settings_sources_data(states)
+        self._source._set_settings_sources_data(states)
+
+    def __call__(self) -> dict[str, Any]:
+        variables: Mapping[str, str | None] = getattr(self._source, "env_vars", {})
+        problems = unknown_variables(variables, self._where)
+        if problems:
+            raise UnknownSettings("\n  ".join(problems))
+        return {k: v for k, v in self._source().items() if k in self._known}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSettings:
@@ -321,6 +428,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSe
         return settings_cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
+    except UnknownSettings as exc:
+        raise ConfigError(f"invalid settings:\n  {exc}") from exc
     except SettingsError as exc:
         # pydantic-settings names the field, not the variable: "error parsing value for
         # field "queues" from source ..." — usually a value that is not valid JSON.

@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from ._settings import ENV_PREFIX, ActivitySettings, BrokerSettings, QueueSettings
 
@@ -32,6 +31,15 @@ def render() -> str:
         "working directory, the config file given with `broker --config FILE` (TOML or JSON; "
         "keys are the field names, optionally under a `[broker]` table), then the defaults. "
         "Lists and objects in environment variables are JSON.",
+        "",
+        "Names are checked: an unknown `BROKER_*` environment variable or `.env` key, or "
+        "an unknown key of the config file, stops the start (exit 2) naming it and the "
+        "closest setting, e.g. `BROKER_CONCURENCY: unknown setting (did you mean "
+        "BROKER_CONCURRENCY?)`. Other programs' variables, in the environment or in a "
+        "shared `.env`, are ignored. Let through although they start with `BROKER_`: the "
+        "variables Kubernetes writes into every pod for a Service named `broker` "
+        "(`BROKER_SERVICE_HOST`, `BROKER_SERVICE_PORT*`, `BROKER_PORT_<port>_<proto>*`, and "
+        "`BROKER_PORT` when its value is a `tcp://` / `udp://` / `sctp://` address).",
         "",
         "## Broker",
         "",
@@ -68,9 +76,9 @@ def render() -> str:
 
 
 def _default(info: FieldInfo) -> str:
-    value: Any = info.default
-    if value is PydanticUndefined:
+    if info.is_required():
         return "required"
+    value: Any = info.get_default(call_default_factory=True)
     if isinstance(value, tuple):
         value = list(value)
     return f"`{json.dumps(value)}`"

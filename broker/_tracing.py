@@ -8,15 +8,24 @@ without them, or when tracing is off, every hook here is a no-op.
 
 A message's span continues the trace named by a W3C ``traceparent`` (and
 ``tracestate``) message attribute when the producer set one.
+
+What a span records passes through the logs' redaction (broker/_redact.py): an
+exception's message and traceback (an AWS error can quote the token it refused), the
+status description and every string attribute.  The SDK's own exception recording is
+off for the broker's spans, since it would keep the raw text.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
+
+from ._events import current_token
+from ._redact import redact
 
 __all__ = ["Tracer", "annotate"]
 
@@ -70,17 +79,22 @@ class Tracer:
         from opentelemetry.trace import SpanKind
 
         carrier = {k: v for k, v in attributes.items() if k in ("traceparent", "tracestate")}
-        with self._tracer.start_as_current_span(
-            f"{source} process",
-            context=extract(carrier) if carrier else None,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "aws_sqs",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": source,
-                "messaging.message.id": message_id,
-            },
-        ) as span:
+        with (
+            self._tracer.start_as_current_span(
+                f"{source} process",
+                context=extract(carrier) if carrier else None,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "aws_sqs",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": source,
+                    "messaging.message.id": message_id,
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span,
+            _recording_errors(span),
+        ):
             yield span
 
     def span(self, name: str, **attributes: str | int) -> AbstractContextManager[Any]:
@@ -91,7 +105,47 @@ class Tracer:
 
         if not trace.get_current_span().is_recording():
             return nullcontext()  # outside a message (a poll, a start-up call): no span
-        return self._tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
+        return self._child_span(name, attributes)
+
+    @contextmanager
+    def _child_span(self, name: str, attributes: Mapping[str, str | int]) -> Iterator[Any]:
+        with (
+            self._tracer.start_as_current_span(
+                name,
+                attributes={k: _safe(v) for k, v in attributes.items()},
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span,
+            _recording_errors(span),
+        ):
+            yield span
+
+
+@contextmanager
+def _recording_errors(span: Any) -> Iterator[None]:
+    """What the SDK records for an exception leaving a span, with the text redacted."""
+    try:
+        yield
+    except Exception as exc:
+        from opentelemetry.trace import Status, StatusCode
+
+        token = current_token()
+        message = redact(str(exc), token)
+        span.add_event(
+            "exception",
+            {
+                "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "exception.message": message,
+                "exception.stacktrace": redact("".join(traceback.format_exception(exc)), token),
+                "exception.escaped": "True",
+            },
+        )
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+        raise
+
+
+def _safe(value: str | int) -> str | int:
+    return redact(value, current_token()) if isinstance(value, str) else value
 
 
 def annotate(span: Any, **attributes: str | int | None) -> None:
@@ -100,7 +154,7 @@ def annotate(span: Any, **attributes: str | int | None) -> None:
         return
     for key, value in attributes.items():
         if value is not None:
-            span.set_attribute(f"broker.{key}", value)
+            span.set_attribute(f"broker.{key}", _safe(value))
 
 
 def _sdk_provider(exporter_name: str) -> Any:

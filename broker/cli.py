@@ -60,7 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _healthcheck(args.config, ready=args.ready)
     try:
         settings = load_settings(args.config)
-        configure_logging(settings.log_level, settings.log_format, settings.log_levels)
+        configure_logging(
+            settings.log_level,
+            settings.log_format,
+            settings.log_levels,
+            token_fields=[field for queue in settings.queues for field in queue.token_fields],
+        )
         if args.command == "redrive":
             return _run_async(_redrive, settings, args.dead_letter_queue, args.to, args.max)
         router = build_router(settings)

@@ -116,8 +116,18 @@ class _Queue:
 class FakeSqs(_Faults):
     """An in-memory SQS with the calls the broker makes."""
 
-    def __init__(self, *, region: str = "us-east-1", account: str = "000000000000") -> None:
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        account: str = "000000000000",
+        answer_latency_s: float = 0.0,
+    ) -> None:
         super().__init__()
+        #: How long a ReceiveMessage answer takes to reach the caller once its messages
+        #: are in flight: a poll cancelled meanwhile hides them until their visibility
+        #: lapses, as on AWS (the race the broker's drain must not lose).
+        self.answer_latency_s = answer_latency_s
         self._base = f"https://sqs.{region}.amazonaws.com/{account}"
         self.queues: dict[str, _Queue] = {}
         self.receive_sizes: list[int] = []
@@ -162,6 +172,11 @@ class FakeSqs(_Faults):
         return sum(
             1 for m in self._queue(self._url(queue)).messages.values() if m.visible_at <= now
         )
+
+    def due(self, queue: str, within_s: float) -> int:
+        """Messages visible now or again within ``within_s`` (a retry waiting its backoff)."""
+        by = anyio.current_time() + within_s
+        return sum(1 for m in self._queue(self._url(queue)).messages.values() if m.visible_at <= by)
 
     def count(self, queue: str) -> int:
         """Messages in the queue, visible or in flight."""
@@ -287,6 +302,8 @@ class FakeSqs(_Faults):
                 if stored.attributes:
                     raw["MessageAttributes"] = stored.attributes
                 out.append(raw)
+            if out and self.answer_latency_s:
+                await anyio.sleep(self.answer_latency_s)
             return {"Messages": out} if out else {}
 
     async def delete_message_batch(
@@ -325,6 +342,28 @@ class FakeSqs(_Faults):
                 raise client_error("ReceiptHandleIsInvalid")
             found.visible_at = anyio.current_time() + VisibilityTimeout
             return {}
+
+    async def change_message_visibility_batch(
+        self,
+        *,
+        QueueUrl: str,
+        Entries: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        async with self._call("change_message_visibility_batch"):
+            if not 1 <= len(Entries) <= 10:
+                raise client_error("TooManyEntriesInBatchRequest", "1..10 entries")
+            queue = self._queue(QueueUrl)
+            successful, failed = [], []
+            for entry in Entries:
+                found = self._by_handle(queue, entry["ReceiptHandle"])
+                if found is None:
+                    failed.append(
+                        {"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True}
+                    )
+                else:
+                    found.visible_at = anyio.current_time() + int(entry["VisibilityTimeout"])
+                    successful.append({"Id": entry["Id"]})
+            return {"Successful": successful, "Failed": failed}
 
     def _url(self, queue: str) -> str:
         return queue if queue.startswith("https://") else self.url_of(queue)
@@ -516,7 +555,16 @@ class FakeSfn(_Faults):
 class TestBroker:
     """The real ``Broker`` on in-memory fakes.  An async context manager.
 
-    ``settings`` defaults to one queue named ``"tasks"`` with a short long-poll.
+    ``settings`` defaults to one queue named ``"tasks"`` with a short long-poll and no
+    retry backoff (``retry_base_delay_s`` 0): a handler that raises is retried at once,
+    so a test of the retry path, or of attempts running out, takes milliseconds.  The
+    other settings keep their defaults: a message the broker sets aside (poison without
+    a dead-letter queue, a completion never confirmed) stays hidden for
+    ``retry_max_delay_s``.  The fakes keep real time (speeding their clock up would also
+    shorten the visibility timeouts a running handler relies on); pass your own settings
+    to run with the production backoff (1 to 2 s before the first retry, doubling after)
+    and give ``wait_idle`` a ``timeout_s`` that covers it.
+
     Tracing is off unless ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) is
     given, whatever the environment says.
     """
@@ -536,6 +584,7 @@ class TestBroker:
             queues=(QueueSettings(name="tasks", wait_time_s=1),),
             entry_points=False,
             delete_linger_s=0.01,
+            retry_base_delay_s=0,
         )
         if "http_port" not in settings.model_fields_set:
             # Many test brokers run at once: no HTTP server unless a test asks for one.
@@ -603,14 +652,24 @@ class TestBroker:
         return self.sfn.schedule_activity_task(name, input)
 
     async def wait_idle(self, timeout_s: float = 10.0) -> None:
-        """Wait until no message is visible and no handler runs (deletes flushed)."""
+        """Wait until no handler runs and no message of a consumed queue is visible or
+        due back within ``timeout_s`` (deletes flushed).
+
+        A message a handler's exception sent back with a backoff is hidden, not settled:
+        it counts as work until it has been redelivered and settled, if its backoff ends
+        within the timeout.  A message hidden for longer (a completion Step Functions
+        never confirmed waits out ``retry_max_delay_s``) is left to its visibility
+        timeout.  ``TimeoutError`` if the broker is still busy after ``timeout_s``.
+        """
+        deadline = anyio.current_time() + timeout_s
         with anyio.fail_after(timeout_s):
             while True:
                 await anyio.sleep(0.02)
+                left_s = deadline - anyio.current_time()
                 busy = (
                     self.broker.in_flight
                     or self.sfn.waiting_activity_tasks()
-                    or any(self.sqs.visible(q.name) for q in self.settings.queues)
+                    or any(self.sqs.due(q.name, left_s) for q in self.settings.queues)
                 )
                 if not busy:
                     # One linger more, so the last deletes are flushed.

@@ -28,6 +28,7 @@ from botocore.validate import ParamValidator
 from pydantic import AliasChoices
 
 from broker import BrokerSettings, Outcome, build_router
+from broker._activity_task import _SHUTDOWN_FAIL_TIMEOUT_S
 from broker._aws import SfnApi, SqsApi
 from broker._consumer import _RELEASE_TIMEOUT_S
 from broker._envelope import PoisonReason
@@ -94,8 +95,9 @@ SFN_REFILL_PER_S: Final = 500
 SFN_BURST: Final = 3000
 #: Fargate's largest container stopTimeout.
 ECS_MAX_STOP_TIMEOUT_S: Final = 120
-#: After the grace period the broker hands cut-off messages back, then flushes its deletes.
-DRAIN_TAIL_S: Final = _RELEASE_TIMEOUT_S + _FLUSH_TIMEOUT_S
+#: After the grace period the broker hands cut-off messages back and fails cut-off
+#: activity tasks (side by side), then flushes its deletes.
+DRAIN_TAIL_S: Final = max(_RELEASE_TIMEOUT_S, _SHUTDOWN_FAIL_TIMEOUT_S) + _FLUSH_TIMEOUT_S
 
 
 # -- reading the examples
@@ -359,6 +361,43 @@ def test_the_orchestrators_wait_for_the_drain(clean_environ: pytest.MonkeyPatch)
     ecs_grace = settings_of(ecs_env(), clean_environ).shutdown_grace_s
     stop_timeout = ecs_container()["stopTimeout"]
     assert ecs_grace + DRAIN_TAIL_S < stop_timeout <= ECS_MAX_STOP_TIMEOUT_S
+
+
+def compose_stop_grace_s() -> int:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    period = compose["services"]["broker"]["stop_grace_period"]
+    match = re.fullmatch(r"(\d+)s", period)
+    assert match, period
+    return int(match.group(1))
+
+
+def test_every_stop_timeout_is_the_same_and_covers_the_drain(
+    clean_environ: pytest.MonkeyPatch,
+) -> None:
+    stop_s = {
+        "kubernetes": k8s_pod()["terminationGracePeriodSeconds"],
+        "ecs": ecs_container()["stopTimeout"],
+        "compose": compose_stop_grace_s(),
+    }
+    assert len(set(stop_s.values())) == 1, stop_s
+    compose_env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["broker"][
+        "environment"
+    ]
+    grace_s = float(compose_env[f"{ENV_PREFIX}SHUTDOWN_GRACE_S"])
+    assert stop_s["compose"] > grace_s + DRAIN_TAIL_S
+
+
+def test_the_docs_give_the_stop_timeout_deploy_uses() -> None:
+    # activities.md, architecture.md and operations.md once disagreed (30 s vs 45 s).
+    stop_s = k8s_pod()["terminationGracePeriodSeconds"]
+    for doc in ("activities.md", "architecture.md", "operations.md"):
+        text = (ROOT / "docs" / doc).read_text()
+        text = re.sub(r"\s+", " ", text)  # a figure and its words may be wrapped apart
+        mentions = re.findall(r"(\d+) s\)? (?:stop timeout|`stopTimeout`)", text)
+        mentions += re.findall(r"`terminationGracePeriodSeconds: (\d+)`", text)
+        mentions += re.findall(r"`stop_grace_period: (\d+)s`", text)
+        assert mentions, doc
+        assert {int(m) for m in mentions} == {stop_s}, (doc, mentions)
 
 
 def test_without_a_setting_the_default_grace_is_what_must_fit(

@@ -14,6 +14,19 @@ def test_settings_reference_is_generated_from_the_model() -> None:
     assert on_disk == render(), "run: python -m broker._settings_doc > docs/settings.md"
 
 
+def test_only_settings_without_a_default_are_listed_as_required() -> None:
+    from broker import BrokerSettings
+
+    rows = {
+        line.split("|")[2].strip(" `"): line.split("|")[3].strip()
+        for line in render().splitlines()
+        if line.startswith(("| `BROKER_", "| `AWS_"))
+    }
+    for name, info in BrokerSettings.model_fields.items():
+        assert (rows[name] == "required") == info.is_required(), name
+    assert rows["log_levels"] == "`{}`"
+
+
 def test_every_broker_error_name_is_documented() -> None:
     errors_doc = (ROOT / "docs" / "errors.md").read_text()
     names = [v for k, v in vars(ErrorName).items() if k.isupper()]

@@ -192,6 +192,56 @@ async def test_one_json_event_per_outcome_and_no_token_anywhere(logs: io.StringI
         assert token not in text
 
 
+SHORT = "63c1ae47-2e88-44af-b60a-bca1996b087c"  # a moto token: no length rule catches it
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # botocore's DEBUG lines, as they print a ReceiveMessage answer and requests:
+        # JSON in JSON in a bytes repr, a params dict, headers, query and XML protocols.
+        f'Response body:\nb\'{{"Messages":[{{"Body":"{{\\\\"TaskToken\\\\": '
+        f'\\\\"{SHORT}\\\\"}}","ReceiptHandle":"{SHORT}"}}]}}\'',
+        f"Making request with params: {{'body': {{'taskToken': '{SHORT}', 'output': '1'}}}}",
+        f"headers={{'X-Amz-Security-Token': b'{SHORT}', 'Content-Type': b'x'}}",
+        f"Action=SendTaskSuccess&taskToken={SHORT}&output=1",
+        f"MessageBody=%7B%22MyTaskToken%22%3A%22{SHORT}%22%7D",
+        f"<ReceiptHandle>{SHORT}</ReceiptHandle><Body>{{&quot;myTaskToken&quot;:"
+        f"&quot;{SHORT}&quot;}}</Body>",
+        f'{{"taskToken": "{SHORT}", "input": "{{}}"}}',  # a GetActivityTask answer
+        f'{{"Entries": [{{"Id": "0", "ReceiptHandle": "{SHORT}"}}]}}',
+    ],
+)
+def test_token_named_fields_are_hidden_outside_any_message(line: str) -> None:
+    redacted = redact_tokens(line)
+    assert SHORT not in redacted
+    assert token_ref(SHORT) in redacted  # still correlates with the broker's own lines
+
+
+def test_a_queues_own_token_field_is_hidden_once_registered() -> None:
+    from broker._redact import register_token_fields
+
+    line = f'{{"cb": "{SHORT}"}}'
+    register_token_fields(["cb"])
+    assert redact_tokens(line) == f'{{"cb": "{token_ref(SHORT)}"}}'
+
+
+def test_the_access_key_id_of_a_signature_is_hidden() -> None:
+    line = "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261201/x"
+    assert redact_tokens(line) == (
+        "Authorization: AWS4-HMAC-SHA256 Credential=<access-key-id>/20261201/x"
+    )
+
+
+def test_references_and_ordinary_text_are_left_alone() -> None:
+    for line in (
+        "handler purchase raised ConnectionError (message m-000001, tok:4f650b64588e)",
+        '"nextToken": null, "tokens": 3',
+        "token=tok:4f650b64588e",
+    ):
+        assert redact_tokens(line) == line
+
+
 def test_long_secrets_are_replaced_by_their_reference() -> None:
     token = "AQCEAAAAKgAAAAMAAAAA" + "x" * 400
     assert redact_tokens(f"token={token} end") == f"token={token_ref(token)} end"

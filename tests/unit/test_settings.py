@@ -144,3 +144,93 @@ def test_log_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKER_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="BROKER_LOG_FORMAT"):
         load_settings(None)
+
+
+def test_foreign_keys_in_dotenv_are_ignored_as_in_the_environment(tmp_path: Path) -> None:
+    # A .env shared with other programs: their keys are not the broker's business.
+    (tmp_path / ".env").write_text(
+        'DATABASE_URL=postgres://x\nexport OTHER_APP_DEBUG=1\nBROKER_QUEUES=["shared"]\n'
+    )
+    settings = load_settings()
+    assert settings.queues[0].name == "shared"
+
+
+def test_broker_keys_in_dotenv_are_still_validated(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=x\nBROKER_MAX_ATTEMPTS=many\n")
+    with pytest.raises(ConfigError, match="BROKER_MAX_ATTEMPTS"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("BROKER_CONCURENCY", "BROKER_CONCURRENCY"),
+        ("BROKER_QUEUE", "BROKER_QUEUES"),
+        ("broker_log_levl", "BROKER_LOG_LEVEL"),
+        ("BROKER_SHUTDOWN_GRACE", "BROKER_SHUTDOWN_GRACE_S"),
+    ],
+)
+def test_a_misspelled_broker_variable_stops_the_start_naming_the_closest(
+    monkeypatch: pytest.MonkeyPatch, name: str, closest: str
+) -> None:
+    monkeypatch.setenv(name, "8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert f"{name.upper()}: unknown setting (did you mean {closest}?)" in str(raised.value)
+
+
+def test_a_misspelled_broker_key_in_dotenv_stops_the_start_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("BROKER_CONCURENCY=8\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "BROKER_CONCURENCY (in .env): unknown setting (did you mean BROKER_CONCURRENCY?)" in (
+        str(raised.value)
+    )
+
+
+def test_an_unknown_broker_variable_with_no_close_setting_points_to_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BROKER_XYZZY_PLUGH", "1")
+    with pytest.raises(ConfigError, match=r"BROKER_XYZZY_PLUGH: unknown setting \(see docs"):
+        load_settings()
+
+
+def test_every_setting_variable_and_alias_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_AWS_REGION", "eu-west-3")
+    monkeypatch.setenv("BROKER_AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    monkeypatch.setenv("BROKER_CONCURRENCY", "7")
+    settings = load_settings()
+    assert (settings.aws_region, settings.concurrency) == ("eu-west-3", 7)
+
+
+def test_kubernetes_service_links_of_a_service_named_broker_are_let_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What Kubernetes puts in every pod of the namespace for a Service named "broker".
+    links = {
+        "BROKER_SERVICE_HOST": "10.0.0.7",
+        "BROKER_SERVICE_PORT": "8080",
+        "BROKER_SERVICE_PORT_HTTP": "8080",
+        "BROKER_PORT": "tcp://10.0.0.7:8080",
+        "BROKER_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "BROKER_PORT_8080_TCP_PROTO": "tcp",
+        "BROKER_PORT_8080_TCP_PORT": "8080",
+        "BROKER_PORT_8080_TCP_ADDR": "10.0.0.7",
+    }
+    for name, value in links.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().http_port == 8080
+    # Written by hand, BROKER_PORT is a misspelled setting.
+    monkeypatch.setenv("BROKER_PORT", "9090")
+    with pytest.raises(ConfigError, match=r"BROKER_PORT: .*did you mean BROKER_HTTP_PORT\?"):
+        load_settings()
+
+
+def test_the_broker_command_exits_2_naming_the_misspelled_variable(tmp_path: Path) -> None:
+    from tests.cli import clean_env, run_cli
+
+    env = clean_env(BROKER_QUEUES='["q"]', BROKER_CONCURENCY="8")
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "BROKER_CONCURENCY: unknown setting (did you mean BROKER_CONCURRENCY?)" in result.stderr

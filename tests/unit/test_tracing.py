@@ -87,3 +87,49 @@ def test_the_standard_variables_switch_it_on() -> None:
         check=True,
     )
     assert result.stdout.strip() == "True"
+
+
+async def test_no_span_records_a_whole_token() -> None:
+    # AWS quotes a refused token in its error message, and a handler's exception can
+    # quote its own: the spans' exception events, status and attributes must not.
+    from broker.testing import client_error
+
+    r = Router()
+
+    @r.handler("ok")
+    async def ok_handler(task: Task[Any]) -> str:
+        return "fine"
+
+    @r.handler("quotes")
+    async def quotes(task: Task[Any]) -> None:
+        raise TaskFailed("Order.Rejected", f"refused task {task.token}")
+
+    @r.handler("leaky")
+    async def leaky(task: Task[Any]) -> None:
+        raise RuntimeError(f"could not handle {task.token}")
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with TestBroker(r, tracer_provider=provider) as tb:
+        ok = await tb.start_task({}, message_type="ok")
+        # Scripted before the broker can run: the completion of `ok` is refused.
+        tb.sfn.fail_next(
+            "send_task_success",
+            client_error(
+                "ValidationException",
+                f"1 validation error detected: Value '{ok}' at 'taskToken' failed to "
+                "satisfy constraint",
+            ),
+        )
+        quoted = await tb.start_task({}, message_type="quotes")
+        leaked = await tb.start_task({}, message_type="leaky")
+        await tb.wait_idle()
+    spans = exporter.get_finished_spans()
+    dumped = "\n".join(span.to_json() for span in spans)
+    events = [event for span in spans for event in span.events]
+    assert any(event.name == "exception" for event in events)
+    assert "ValidationException" in dumped  # the error is recorded, only the token is not
+    assert "RuntimeError" in dumped
+    for token in (ok, quoted, leaked):
+        assert token not in dumped
