@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from ._errors import (
     ActivityNotFound,
+    AwsAccessDenied,
+    AwsUnavailable,
     BrokerError,
     ConfigError,
     ErrorName,
@@ -22,6 +24,7 @@ from ._errors import (
     QueueNotFound,
     RegistrationError,
     RetryLater,
+    StartupError,
     TaskClosed,
     TaskFailed,
 )
@@ -36,6 +39,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ActivityNotFound",
     "ActivitySettings",
+    "AwsAccessDenied",
+    "AwsUnavailable",
     "Broker",
     "BrokerError",
     "BrokerSettings",
@@ -50,6 +55,7 @@ __all__ = [
     "RetryLater",
     "Route",
     "Router",
+    "StartupError",
     "Task",
     "TaskClosed",
     "TaskFailed",

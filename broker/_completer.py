@@ -22,7 +22,7 @@ from ._aws import ErrorKind, SfnApi, classify, error_code
 from ._events import note_error
 from ._message import without_surrogates
 from ._ratelimit import TokenBucket
-from ._redact import redact, token_ref
+from ._redact import redact_token, token_ref
 
 __all__ = ["MAX_CAUSE_CHARS", "MAX_ERROR_CHARS", "Completer", "Confirmation", "truncate"]
 
@@ -111,7 +111,7 @@ class Completer:
             # A lone surrogate cannot be sent at all (UTF-8): it would leave the task open.
             error=truncate(without_surrogates(error), MAX_ERROR_CHARS),
             # A handler may quote its own token in a message: never send it on.
-            cause=truncate(without_surrogates(redact(cause, token)), MAX_CAUSE_CHARS),
+            cause=truncate(without_surrogates(redact_token(cause, token)), MAX_CAUSE_CHARS),
         )
 
     async def heartbeat(self, token: str) -> Confirmation:

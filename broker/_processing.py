@@ -47,7 +47,7 @@ from ._message import (
     message_size,
     without_surrogates,
 )
-from ._redact import redact, token_ref
+from ._redact import redact_token, token_ref
 from ._router import Route, Router
 from ._stats import Outcome, Stats
 from ._task import Task
@@ -449,7 +449,7 @@ class MessageProcessor:
         if body != (message.body or "(empty body)"):
             detail = f"{detail} (lone surrogates in the body replaced by U+FFFD in this copy)"
         # The detail is often an exception's message, which may quote the token.
-        detail = without_surrogates(redact(detail, token or current_token()))
+        detail = without_surrogates(redact_token(detail, token or current_token() or ""))
         attributes: dict[str, Any] = {
             "broker.reason": {"DataType": "String", "StringValue": reason},
             "broker.source_queue": {"DataType": "String", "StringValue": queue.name},

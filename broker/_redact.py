@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import quote, quote_plus
 
-__all__ = ["redact", "register_token_fields", "token_ref"]
+__all__ = ["redact", "redact_token", "register_token_fields", "token_ref"]
 
 
 def token_ref(token: str) -> str:
@@ -88,7 +88,7 @@ def redact(text: str, token: str | None = None) -> str:
     prefix of a token is left.
     """
     if token:
-        text = _replace_spellings(text, token)
+        text = redact_token(text, token)
     if not text:
         return text
     text = _field_value.sub(_replace_value, text)
@@ -101,7 +101,16 @@ def _replace_value(match: re.Match[str]) -> str:
     return f"{match.group('name')}{match.group('sep')}{token_ref(match.group('value'))}"
 
 
-def _replace_spellings(text: str, token: str) -> str:
+def redact_token(text: str, token: str) -> str:
+    """``text`` with ``token`` replaced by its ``token_ref``, in every spelling a message
+    may quote it in: whole, as a JSON string, in a URL or a form field.
+
+    For the texts the broker sends on (a failure's cause, a dead-letter copy's detail):
+    they are the handler's data, so only the token goes, not whatever merely looks like
+    one (``redact``'s rules are for log lines).
+    """
+    if not token:
+        return text
     ref = token_ref(token)
     spellings = {token, json.dumps(token)[1:-1], quote(token, safe=""), quote_plus(token, safe="")}
     for spelling in sorted(spellings, key=len, reverse=True):
