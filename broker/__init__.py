@@ -13,7 +13,7 @@ Public API::
 
 from __future__ import annotations
 
-from ._errors import (
+from broker.core.errors import (
     ActivityNotFound,
     AwsAccessDenied,
     AwsUnavailable,
@@ -28,12 +28,12 @@ from ._errors import (
     TaskClosed,
     TaskFailed,
 )
-from ._plugins import ENTRY_POINT_GROUP, build_router
-from ._router import HandlerOptions, Route, Router
-from ._service import Broker
-from ._settings import ActivitySettings, BrokerSettings, QueueSettings, load_settings
-from ._stats import Outcome
-from ._task import Task
+from broker.core.plugins import ENTRY_POINT_GROUP, build_router
+from broker.core.router import HandlerOptions, Route, Router
+from broker.core.settings import ActivitySettings, BrokerSettings, QueueSettings, load_settings
+from broker.core.task import Task
+from broker.observability.stats import Outcome
+from broker.service import Broker
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -22,15 +22,15 @@ from typing import Any, Final
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ._activities import lookup_activity, resolve_activity
-from ._aws import StartupRetry, describe_aws_error, open_clients
-from ._errors import BrokerError, ConfigError, RegistrationError
-from ._logging import configure_logging
-from ._plugins import ENTRY_POINT_GROUP, build_router
-from ._redrive import redrive
-from ._router import Router
-from ._service import Broker, configuration_problems, resolve_queue
-from ._settings import ENV_PREFIX, BrokerSettings, load_settings
+from broker.activities.poller import lookup_activity, resolve_activity
+from broker.aws.clients import StartupRetry, describe_aws_error, open_clients
+from broker.core.errors import BrokerError, ConfigError, RegistrationError
+from broker.core.plugins import ENTRY_POINT_GROUP, build_router
+from broker.core.router import Router
+from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
+from broker.observability.logs import configure_logging
+from broker.service import Broker, configuration_problems, resolve_queue
+from broker.sqs.redrive import redrive
 
 __all__ = ["event_loop_options", "main", "run_broker"]
 
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "demo":
-        from ._demo import run_demo  # moto is an optional extra: import only when asked
+        from broker.local.demo import run_demo  # moto is an optional extra: import only when asked
 
         return run_demo(args)
     if args.command == "healthcheck":

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from broker import Broker, BrokerSettings, Router
-from broker._emulator import AwsEndpoint, ExecutionResult, start_executions, wait_for_executions
+from broker.local.moto import AwsEndpoint, ExecutionResult, start_executions, wait_for_executions
 
 #: Variables that would send an SDK somewhere else than AWS_ENDPOINT_URL, or make it look
 #: for a profile that does not exist here.

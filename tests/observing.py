@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import anyio
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker._logging import configure_logging
+from broker.observability.logs import configure_logging
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.lean_call import LeanSigner
 from broker import Broker, load_settings
-from broker._aws import AwsClients, SfnApi, SqsApi, open_clients
-from broker._logging import configure_logging
-from broker._settings import BrokerSettings
+from broker.aws.clients import AwsClients, SfnApi, SqsApi, open_clients
+from broker.core.settings import BrokerSettings
+from broker.observability.logs import configure_logging
 from handlers.seeds import router
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker._emulator import EmbeddedAws, SeedFlows, deploy_seed_flows
+from broker.local.moto import EmbeddedAws, SeedFlows, deploy_seed_flows
 from tests.flows import ENV_OVERRIDES
 
 _HERE = Path(__file__).parent

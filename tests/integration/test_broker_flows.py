@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from broker import BrokerSettings, QueueSettings, Router, Task, TaskFailed
-from broker._emulator import (
+from broker.local.moto import (
     EmbeddedAws,
     SeedFlows,
     start_executions,

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from broker._emulator import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
+from broker.local.moto import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
 from tests.cli import clean_env, run_cli
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from broker._demo import (
+from broker.local.demo import (
     Case,
     Judgement,
     PlannedExecution,
@@ -25,7 +25,7 @@ from broker._demo import (
     run_demo,
     summary_table,
 )
-from broker._emulator import ExecutionResult
+from broker.local.moto import ExecutionResult
 from tests.cli import clean_env
 
 _COLUMNS = ["executions", "succeeded", "failed as expected", "unexpected", "stuck"]

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from broker import BrokerSettings, QueueSettings, Router, Task
-from broker._emulator import EmbeddedAws
+from broker.local.moto import EmbeddedAws
 from tests.flows import running
 
 

@@ -22,7 +22,7 @@ import botocore.session
 import pytest
 from botocore.exceptions import ClientError
 
-from broker._emulator import (
+from broker.local.moto import (
     EmbeddedAws,
     EmulatorUnavailable,
     SeedFlows,

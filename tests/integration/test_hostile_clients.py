@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from broker._emulator import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
+from broker.local.moto import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
 from tests.cli import clean_env
 from tests.hostile import Probe, idle_connections, probe, probe_for, start_flood
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from broker import Broker, QueueSettings, Router, Task, TaskFailed
-from broker._emulator import EmbeddedAws, SeedFlows
+from broker.local.moto import EmbeddedAws, SeedFlows
 from tests.flows import run_executions
 from tests.observing import http_get, json_logs, samples
 

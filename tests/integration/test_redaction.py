@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 from broker import BrokerSettings, QueueSettings, Router, Task
-from broker._emulator import EmbeddedAws, SeedFlows
-from broker._logging import configure_logging
+from broker.local.moto import EmbeddedAws, SeedFlows
+from broker.observability.logs import configure_logging
 from tests.flows import run_executions, running
 from tests.observing import json_logs
 

@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from broker import BrokerSettings, Outcome, QueueNotFound, QueueSettings, Router
-from broker._aws import open_clients
-from broker._emulator import EmbeddedAws, SeedFlows
-from broker._redrive import redrive
+from broker.aws.clients import open_clients
+from broker.local.moto import EmbeddedAws, SeedFlows
+from broker.sqs.redrive import redrive
 from tests.flows import queue_depth, run_executions, running
 
 pytestmark = pytest.mark.usefixtures("aws_env")

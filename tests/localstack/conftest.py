@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from broker._emulator import SeedFlows, deploy_seed_flows
-from broker._localstack import LocalStackAws, localstack_endpoint, localstack_health
+from broker.local.localstack import LocalStackAws, localstack_endpoint, localstack_health
+from broker.local.moto import SeedFlows, deploy_seed_flows
 from tests.flows import ENV_OVERRIDES
 
 _HERE = Path(__file__).parent

@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from broker import ActivitySettings, BrokerSettings, QueueSettings
-from broker._emulator import ExecutionResult, SeedFlows
-from broker._localstack import LocalStackAws, deploy_activity_flow
+from broker.local.localstack import LocalStackAws, deploy_activity_flow
+from broker.local.moto import ExecutionResult, SeedFlows
 from handlers.seeds import router as seed_router
 from tests.flows import assert_queues_drained, run_executions, running
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from broker._localstack import LocalStackAws
+from broker.local.localstack import LocalStackAws
 from tests.cli import clean_env
 
 from .broker_process import broker_process
@@ -19,7 +19,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 def _localstack_cli(*args: str, env: dict[str, str], cwd: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "broker._localstack", *args],
+        [sys.executable, "-m", "broker.local.localstack", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from broker import NonRetryable, Outcome, QueueSettings, Router, Task
-from broker._message import MAX_MESSAGE_BYTES
+from broker.sqs.message import MAX_MESSAGE_BYTES
 from broker.testing import FakeSfn, TestBroker
 
 from .conftest import make_settings

@@ -28,14 +28,19 @@ from botocore.validate import ParamValidator
 from pydantic import AliasChoices
 
 from broker import BrokerSettings, Outcome, build_router
-from broker._activity_task import _SHUTDOWN_FAIL_TIMEOUT_S
-from broker._aws import SfnApi, SqsApi
-from broker._consumer import _RELEASE_TIMEOUT_S
-from broker._envelope import PoisonReason
-from broker._metrics import METRIC_NAMES, BrokerGauges, MetricsCollector, render_metrics
-from broker._service import _FLUSH_TIMEOUT_S
-from broker._settings import ENV_PREFIX
-from broker._stats import Stats
+from broker.activities.processor import _SHUTDOWN_FAIL_TIMEOUT_S
+from broker.aws.clients import SfnApi, SqsApi
+from broker.core.settings import ENV_PREFIX
+from broker.observability.metrics import (
+    METRIC_NAMES,
+    BrokerGauges,
+    MetricsCollector,
+    render_metrics,
+)
+from broker.observability.stats import Stats
+from broker.service import _FLUSH_TIMEOUT_S
+from broker.sqs.consumer import _RELEASE_TIMEOUT_S
+from broker.sqs.envelope import PoisonReason
 from tests.cli import clean_env, run_cli
 
 ROOT: Final = Path(__file__).resolve().parents[2]

@@ -4,14 +4,14 @@ import re
 from pathlib import Path
 
 from broker import ErrorName
-from broker._settings_doc import render
+from broker.local.settings_doc import render
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_settings_reference_is_generated_from_the_model() -> None:
     on_disk = (ROOT / "docs" / "settings.md").read_text()
-    assert on_disk == render(), "run: python -m broker._settings_doc > docs/settings.md"
+    assert on_disk == render(), "run: python -m broker.local.settings_doc > docs/settings.md"
 
 
 def test_only_settings_without_a_default_are_listed_as_required() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from broker._envelope import Envelope, EnvelopeSpec, Poison, PoisonReason, parse_envelope
+from broker.sqs.envelope import Envelope, EnvelopeSpec, Poison, PoisonReason, parse_envelope
 
 SPEC = EnvelopeSpec()
 

@@ -8,8 +8,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
-from broker._aws import ErrorKind, classify
-from broker._fastsfn import SigV4, _client_error
+from broker.aws.clients import ErrorKind, classify
+from broker.aws.fastsfn import SigV4, _client_error
 
 BODY = b'{"taskToken":"t","output":"{\\"ok\\":true}"}'
 TARGET = "AWSStepFunctions.SendTaskSuccess"

@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from broker import Outcome, QueueSettings, Router, Task
-from broker._deleter import DeleteBatcher
-from broker._ratelimit import TokenBucket
+from broker.core.ratelimit import TokenBucket
+from broker.sqs.deleter import DeleteBatcher
 from broker.testing import FakeSfn, FakeSqs, TestBroker
 
 from .conftest import make_settings

@@ -20,9 +20,9 @@ import orjson
 import pytest
 
 from broker import Router, Task
-from broker import _http as http
-from broker._http import Health, HttpEndpoints, ListenerLimits, serve_http
-from broker._stats import LoopLag
+from broker.observability import http
+from broker.observability.http import Health, HttpEndpoints, ListenerLimits, serve_http
+from broker.observability.stats import LoopLag
 from broker.testing import TestBroker
 from tests.observing import http_get, samples, value
 
@@ -297,7 +297,7 @@ def test_the_worst_lag_stays_for_the_window() -> None:
 
 
 async def test_livez_reports_a_stall_for_the_whole_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    import broker._service as service
+    import broker.service as service
 
     monkeypatch.setattr(service, "_MAX_LIVE_LAG_S", 0.5)
     async with TestBroker(router(), http_settings()) as tb:

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import ActivitySettings, BrokerSettings, QueueSettings, Router, Task, TaskFailed
-from broker._logging import redact_tokens
-from broker._metrics import METRIC_NAMES
-from broker._redact import token_ref
+from broker.observability.logs import redact_tokens
+from broker.observability.metrics import METRIC_NAMES
+from broker.observability.redact import token_ref
 from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error
 from tests.observing import http_get, json_logs, samples, value
 
@@ -219,7 +219,7 @@ def test_token_named_fields_are_hidden_outside_any_message(line: str) -> None:
 
 
 def test_a_queues_own_token_field_is_hidden_once_registered() -> None:
-    from broker._redact import register_token_fields
+    from broker.observability.redact import register_token_fields
 
     line = f'{{"cb": "{SHORT}"}}'
     register_token_fields(["cb"])

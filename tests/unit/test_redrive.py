@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from broker import Outcome, QueueNotFound, QueueSettings, Router, Task
-from broker._redrive import redrive
+from broker.sqs.redrive import redrive
 from broker.testing import FakeSqs, TestBroker
 
 from .conftest import make_settings

@@ -6,8 +6,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from broker import RegistrationError, Router, Task
-from broker._plugins import build_router
-from broker._settings import BrokerSettings
+from broker.core.plugins import build_router
+from broker.core.settings import BrokerSettings
 
 
 class Order(BaseModel):

@@ -12,9 +12,9 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
 from broker import ActivityNotFound, ActivitySettings, QueueNotFound, QueueSettings
-from broker._aws import StartupRetry
-from broker._errors import AwsAccessDenied, AwsUnavailable
-from broker._service import Broker
+from broker.aws.clients import StartupRetry
+from broker.core.errors import AwsAccessDenied, AwsUnavailable
+from broker.service import Broker
 from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error
 from handlers.seeds import router as seed_router
 

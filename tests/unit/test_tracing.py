@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from broker import Router, Task, TaskFailed
-from broker._tracing import Tracer
+from broker.observability.tracing import Tracer
 from broker.testing import TestBroker
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -77,7 +77,9 @@ def test_tracing_is_off_unless_asked_for() -> None:
 
 def test_the_standard_variables_switch_it_on() -> None:
     # In a child process: switching tracing on installs a global tracer provider.
-    code = "from broker._tracing import Tracer; print(Tracer.from_environment().enabled)"
+    code = (
+        "from broker.observability.tracing import Tracer; print(Tracer.from_environment().enabled)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "false"},

@@ -19,11 +19,11 @@ import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from broker import ActivitySettings, ErrorName, Outcome, Router, Task
-from broker._completer import MAX_CAUSE_CHARS
-from broker._envelope import is_too_deep, load_json
-from broker._handling import Failure, encode_output, invalid_input_cause
-from broker._message import message_size, without_surrogates
-from broker._redact import redact, token_ref
+from broker.core.completer import MAX_CAUSE_CHARS
+from broker.core.handling import Failure, encode_output, invalid_input_cause
+from broker.observability.redact import redact, token_ref
+from broker.sqs.envelope import is_too_deep, load_json
+from broker.sqs.message import message_size, without_surrogates
 from broker.testing import FakeSfn, TestBroker
 
 from .conftest import make_settings

@@ -1,0 +1,1 @@
+"""Step Functions activities: the GetActivityTask poller and the per-task processor."""

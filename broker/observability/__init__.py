@@ -1,0 +1,1 @@
+"""Events, stats, metrics, the HTTP listeners, logging, tracing and token redaction."""

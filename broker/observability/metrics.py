@@ -1,0 +1,157 @@
+"""Prometheus metrics, built from the broker's counters when ``/metrics`` is scraped.
+
+Labels are bounded: queue (configured), type (registered, ``unknown`` or ``none``),
+outcome, AWS API name and error code.  Never a token, a message id or a raw type
+string from a message.  docs/operations.md says what each metric means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from broker.observability.stats import Histogram, Outcome, Stats
+
+__all__ = ["METRIC_NAMES", "BrokerGauges", "MetricsCollector", "render_metrics"]
+
+#: Every metric family the broker exposes (tests and the deploy examples check this list).
+METRIC_NAMES = (
+    "broker_messages_received_total",
+    "broker_messages_total",
+    "broker_handler_duration_seconds",
+    "broker_aws_call_duration_seconds",
+    "broker_aws_call_errors_total",
+    "broker_throttles_total",
+    "broker_handlers_in_flight",
+    "broker_free_slots",
+    "broker_delete_batch_size",
+    "broker_heartbeats_total",
+    "broker_event_loop_lag_seconds",
+    "broker_ready",
+    "broker_draining",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerGauges:
+    """Live values read at scrape time."""
+
+    in_flight: Callable[[], Mapping[str, int]]
+    free_slots: Callable[[], Mapping[str, int]]
+    ready: Callable[[], bool]
+    draining: Callable[[], bool]
+
+
+def _histogram(
+    name: str, documentation: str, label: str, series: Mapping[str, Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=[label] if label else None)
+    for value, histogram in sorted(series.items()):
+        family.add_metric([value] if label else [], histogram.cumulative(), histogram.sum)
+    return family
+
+
+def _counter(
+    name: str, documentation: str, labels: list[str], series: Mapping[tuple[str, ...], int]
+) -> CounterMetricFamily:
+    # prometheus_client appends "_total" to counter family names itself.
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, n in sorted(series.items()):
+        family.add_metric(list(values), n)
+    return family
+
+
+class MetricsCollector(Collector):
+    def __init__(self, stats: Stats, gauges: BrokerGauges) -> None:
+        self._stats = stats
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield _counter(
+            "broker_messages_received",
+            "Messages (and activity tasks) received.",
+            ["queue"],
+            {(queue,): n for queue, n in stats.received.items()},
+        )
+        yield _counter(
+            "broker_messages",
+            "Messages by how the broker settled them.",
+            ["queue", "type", "outcome"],
+            {(q, t, Outcome(o).value): n for (q, t, o), n in stats.by_type.items()},
+        )
+        yield _histogram(
+            "broker_handler_duration_seconds",
+            "Time in the handler, per message type.",
+            "type",
+            stats.handler_seconds,
+        )
+        yield _histogram(
+            "broker_aws_call_duration_seconds",
+            "Latency of AWS calls (SDK retries included), per API.",
+            "api",
+            stats.aws_seconds,
+        )
+        yield _counter(
+            "broker_aws_call_errors",
+            "AWS calls that raised, by error code.",
+            ["api", "code"],
+            {(api, code): n for (api, code), n in stats.aws_errors.items()},
+        )
+        yield _counter(
+            "broker_throttles",
+            "AWS calls answered with throttling.",
+            ["api"],
+            {(api,): n for api, n in stats.throttles.items()},
+        )
+        yield _counter(
+            "broker_heartbeats",
+            "SendTaskHeartbeat calls: sent, closed (the workflow gave up) or failed.",
+            ["result"],
+            {(result,): stats.heartbeats[result] for result in ("sent", "closed", "failed")},
+        )
+        yield from self._gauge_families()
+        yield _histogram(
+            "broker_delete_batch_size",
+            "Entries per DeleteMessageBatch call.",
+            "",
+            {"": stats.delete_batch_sizes},
+        )
+
+    def _gauge_families(self) -> Iterable[Metric]:
+        gauges = self._gauges
+        in_flight = GaugeMetricFamily(
+            "broker_handlers_in_flight", "Handlers running now.", labels=["queue"]
+        )
+        for queue, n in sorted(gauges.in_flight().items()):
+            in_flight.add_metric([queue], n)
+        yield in_flight
+        free = GaugeMetricFamily(
+            "broker_free_slots", "Handler slots a queue could still take now.", labels=["queue"]
+        )
+        for queue, n in sorted(gauges.free_slots().items()):
+            free.add_metric([queue], n)
+        yield free
+        yield GaugeMetricFamily(
+            "broker_event_loop_lag_seconds",
+            "How late the event loop woke a 0.5 s timer, the worst of the last 60 s.",
+            value=self._stats.event_loop_lag_s,
+        )
+        yield GaugeMetricFamily("broker_ready", "1 when ready for work.", value=gauges.ready())
+        yield GaugeMetricFamily("broker_draining", "1 during a drain.", value=gauges.draining())
+
+
+def render_metrics(collector: MetricsCollector) -> bytes:
+    """The Prometheus text exposition of one broker (its own registry: no globals)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

@@ -1,0 +1,119 @@
+"""Task tokens are credentials: this is the one place that decides how they appear in logs.
+
+``redact`` is applied to every log line (broker/observability/logs.py) and to every text a span
+records (broker/observability/tracing.py).  It replaces, by their ``token_ref``:
+
+1. the token of the message being handled, wherever it appears (a handler's own line);
+2. the value of every field whose name says it is a token or a receipt handle
+   (``"TaskToken": "…"``, ``'taskToken': '…'``, ``MyTaskToken=…``,
+   ``<ReceiptHandle>…</ReceiptHandle>``, ``X-Amz-Security-Token``, a queue's own
+   ``token_fields``), however deeply the JSON around it is escaped.  This is what keeps
+   botocore's DEBUG lines safe: they print request and response bodies (a
+   ReceiveMessage answer holds every message body) outside any message's context, and
+   the emulators' tokens are short UUIDs that no length rule would catch;
+3. the access key id in an ``Authorization`` header's ``Credential=``;
+4. anything token-like by length alone (120+ base64-ish characters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import quote, quote_plus
+
+__all__ = ["redact", "redact_token", "register_token_fields", "token_ref"]
+
+
+def token_ref(token: str) -> str:
+    """A short, stable, non-reversible reference to a token, safe for logs and errors.
+
+    A hash rather than a prefix: token prefixes are shared by every task of an
+    execution, so a prefix would neither identify the task nor be safe to publish.
+    """
+    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return f"tok:{digest}"
+
+
+# Step Functions tokens are long base64-ish strings (hundreds of characters).  Anything
+# that long in a log line is treated as a token: a false positive only shortens a blob.
+_LONG_SECRET: Final = re.compile(r"[A-Za-z0-9+/_\-]{120,}={0,2}")
+_REF: Final = r"tok:[0-9a-f]{12}"
+
+# A quote as it appears after any depth of escaping: JSON in JSON in a Python repr gives
+# runs of backslashes; XML and URL encodings give &quot; and %22.
+_QUOTE: Final = r"""(?:\\*["']|&quot;|&\#3[49];|%22|%27)"""
+_SEPARATOR: Final = rf"(?>{_QUOTE}?[ \t]*(?:[:=]|%3[Aa]|%3[Dd])[ \t]*(?:b(?={_QUOTE}))?{_QUOTE}?|>)"
+# A value ends at a quote, an escape, a space or a delimiter; an escaped slash (``\/``)
+# is part of it.
+_VALUE: Final = r"""(?:\\+/|(?!%2[27])[^"'\\\s,;&<>}\])])+"""
+# Field names that always hold a credential: *token (TaskToken, taskToken, MyTaskToken,
+# X-Amz-Security-Token, nextToken: a pagination token, harmless to hide) and receipt
+# handles (anyone holding one can delete or hide the message).
+_SECRET_NAMES: Final = r"[\w\-]*token|receipt_?handle"  # noqa: S105 - a pattern of names
+
+_names: set[str] = set()
+_field_value: re.Pattern[str] = re.compile("")
+
+
+def _compile(extra: Iterable[str]) -> re.Pattern[str]:
+    names = "|".join([_SECRET_NAMES, *(re.escape(name) for name in sorted(extra))])
+    return re.compile(
+        rf"(?<![\w\-])(?P<name>{names})(?P<sep>{_SEPARATOR})"
+        rf"(?!{_REF}|(?:null|true|false|None)\b)(?P<value>{_VALUE})",
+        re.IGNORECASE,
+    )
+
+
+def register_token_fields(names: Iterable[str]) -> None:
+    """Also hide the values of these body fields (the queues' ``token_fields``)."""
+    global _field_value
+    _names.update(name for name in names if name)
+    _field_value = _compile(_names)
+
+
+register_token_fields(())
+
+_CREDENTIAL: Final = re.compile(r"(Credential=)[A-Za-z0-9]+(?=/)")
+
+
+def redact(text: str, token: str | None = None) -> str:
+    """``text`` with ``token``, every token-named field's value and every long secret
+    replaced by its ``token_ref``.
+
+    ``token`` is replaced in every spelling a handler's message may quote it in: whole,
+    as a JSON string, in a URL or a form field.  Redact before cutting a text, so that no
+    prefix of a token is left.
+    """
+    if token:
+        text = redact_token(text, token)
+    if not text:
+        return text
+    text = _field_value.sub(_replace_value, text)
+    if "Credential=" in text:
+        text = _CREDENTIAL.sub(r"\1<access-key-id>", text)
+    return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
+
+
+def _replace_value(match: re.Match[str]) -> str:
+    return f"{match.group('name')}{match.group('sep')}{token_ref(match.group('value'))}"
+
+
+def redact_token(text: str, token: str) -> str:
+    """``text`` with ``token`` replaced by its ``token_ref``, in every spelling a message
+    may quote it in: whole, as a JSON string, in a URL or a form field.
+
+    For the texts the broker sends on (a failure's cause, a dead-letter copy's detail):
+    they are the handler's data, so only the token goes, not whatever merely looks like
+    one (``redact``'s rules are for log lines).
+    """
+    if not token:
+        return text
+    ref = token_ref(token)
+    spellings = {token, json.dumps(token)[1:-1], quote(token, safe=""), quote_plus(token, safe="")}
+    for spelling in sorted(spellings, key=len, reverse=True):
+        if spelling in text:
+            text = text.replace(spelling, ref)
+    return text

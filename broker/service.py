@@ -1,0 +1,432 @@
+"""The broker: one root task group owning the pollers, the message tasks and the deleters.
+
+Shutdown order (``request_stop``): stop polling at once, give running handlers
+``shutdown_grace_s`` to finish, then flush the deletes of everything that settled.
+A message whose handler is cut off is not deleted: it comes back after its visibility
+timeout.  Nothing is lost; at worst something runs twice, which the completion of a
+closed task answers harmlessly.
+
+Activities (docs/activities.md) drain differently: their polls in flight are left to
+return within the grace period (cancelling one could swallow a task), and an activity
+task cut off is failed with ``Broker.ShuttingDown`` since nothing would redeliver it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from broker.activities.poller import ActivityPoller, activity_route_problems, resolve_activity
+from broker.activities.processor import ActivityTaskProcessor
+from broker.aws.clients import AwsClients, SqsApi, StartupRetry, open_clients
+from broker.aws.instrument import instrument
+from broker.core.completer import Completer
+from broker.core.errors import ConfigError, QueueNotFound
+from broker.core.router import Router
+from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
+from broker.observability.http import Health, HttpEndpoints, serve_http
+from broker.observability.metrics import BrokerGauges, MetricsCollector, render_metrics
+from broker.observability.stats import LAG_PROBE_S, LAG_WINDOW_S, Outcome, Stats
+from broker.observability.tracing import Tracer
+from broker.sqs.consumer import QueueConsumer
+from broker.sqs.deleter import DeleteBatcher
+from broker.sqs.message import QueueRuntime
+from broker.sqs.processor import MessageProcessor, ProcessingDefaults
+
+__all__ = [
+    "Broker",
+    "ResolvedQueue",
+    "configuration_problems",
+    "resolve_queue",
+    "resolve_queue_url",
+]
+
+log = logging.getLogger("broker")
+
+_FLUSH_TIMEOUT_S: Final = 10.0
+#: A loop this late is not serving anyone: liveness fails and the orchestrator restarts.
+#: Compared with the worst lag of the last LAG_WINDOW_S, so one stall keeps liveness
+#: failing long enough for the orchestrator's failure threshold to see it.
+_MAX_LIVE_LAG_S: Final = 10.0
+
+ClientFactory = Callable[[BrokerSettings], AbstractAsyncContextManager[AwsClients]]
+
+
+class Broker:
+    """Consume the configured queues with the handlers of ``router`` until stopped.
+
+    ``clients`` is the transport seam: tests pass a factory yielding fakes.  ``tracer``
+    defaults to what the OTEL_* environment asks for (docs/operations.md).
+    """
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        router: Router,
+        *,
+        clients: ClientFactory = open_clients,
+        tracer: Tracer | None = None,
+    ) -> None:
+        problems = configuration_problems(settings, router)
+        if problems:
+            raise problems[0]
+        self.settings = settings
+        self.router = router
+        self.stats = Stats()
+        self.tracer = tracer if tracer is not None else Tracer.from_environment()
+        self._clients = clients
+        self._stop: anyio.Event | None = None
+        self._stop_requested = False
+        self._ready = False
+        #: The port /livez /readyz /metrics listen on, once started (None: off).
+        self.http_port: int | None = None
+        self.consumers: list[QueueConsumer] = []
+        self.activity_pollers: list[ActivityPoller] = []
+
+    def request_stop(self) -> None:
+        """Begin the drain.  Safe to call before ``run`` started and more than once."""
+        self._stop_requested = True
+        self._ready = False  # readiness goes false first, before anything else stops
+        if self._stop is not None:
+            self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(consumer.in_flight for consumer in self.consumers) + sum(
+            poller.in_flight for poller in self.activity_pollers
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._stop = anyio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        try:
+            async with anyio.create_task_group() as observers:
+                if self.settings.http_port is not None:
+                    self.http_port = await observers.start(self._serve_http)
+                observers.start_soon(self._watch_event_loop)
+                await self._run(task_status)
+                observers.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The observers never fail on their own: callers get the broker's own error,
+            # as they did before health and metrics ran beside it.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        log.info("broker stopped: %s", self._summary())
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
+        settings = self.settings
+        async with self._clients(settings) as raw_clients:
+            clients = instrument(raw_clients, self.stats, self.tracer)
+            # One deadline for every lookup of this start-up; not ready until they pass.
+            retry = StartupRetry.from_settings(settings)
+            queues = [await self._open_queue(clients.sqs, q, retry) for q in settings.queues]
+            completer = Completer(
+                clients.sfn,
+                concurrency=settings.completion_concurrency,
+                rate_per_s=settings.completion_rate_per_s,
+                burst=settings.completion_burst,
+                max_attempts=settings.completion_max_attempts,
+            )
+            processor = MessageProcessor(
+                self.router,
+                completer,
+                clients.sqs,
+                self.stats,
+                ProcessingDefaults(
+                    max_attempts=settings.max_attempts,
+                    handler_timeout_s=settings.handler_timeout_s,
+                    retry_base_delay_s=settings.retry_base_delay_s,
+                    retry_max_delay_s=settings.retry_max_delay_s,
+                ),
+                self.tracer,
+            )
+            total_slots = anyio.CapacityLimiter(settings.concurrency)
+            self.consumers = [
+                QueueConsumer(q, clients.sqs, processor, total_slots=total_slots, stats=self.stats)
+                for q in queues
+            ]
+            self.activity_pollers = await self._activity_pollers(
+                clients, completer, total_slots, retry
+            )
+            async with anyio.create_task_group() as root:
+                for queue in queues:
+                    await root.start(queue.deleter.run)
+                try:
+                    await self._consume(task_status)
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT_S):
+                        for queue in queues:
+                            await queue.deleter.close()
+
+    async def _consume(self, task_status: TaskStatus[None]) -> None:
+        assert self._stop is not None
+        with anyio.CancelScope() as work_scope:
+            async with anyio.create_task_group() as work:
+                # Activity polls live in ``work``: at the stop they may still return a
+                # task, which then runs under the grace period like any handler.
+                for poller in self.activity_pollers:
+                    work.start_soon(poller.run, work)
+                async with anyio.create_task_group() as pollers:
+                    for consumer in self.consumers:
+                        pollers.start_soon(consumer.poll, work)
+                    log.info(
+                        "broker running: %d queue(s), %d activity poller(s), %d handler type(s), "
+                        "concurrency %d",
+                        len(self.consumers),
+                        len(self.activity_pollers),
+                        len(self.router),
+                        self.settings.concurrency,
+                    )
+                    self._ready = not self._stop_requested
+                    task_status.started()
+                    await self._stop.wait()
+                    # From here everything in ``work`` has the grace period.  A
+                    # ReceiveMessage in flight is not cancelled while the drain lasts
+                    # anyway (handlers or activity polls still running): SQS may have
+                    # taken messages for it already, which a cancelled call would hide
+                    # until their visibility lapses.  What it returns is handed back.
+                    # Once nothing else runs, a poll still open is cut rather than
+                    # waited for (up to wait_time_s): it found nothing so far.
+                    work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
+                    for consumer in self.consumers:
+                        consumer.stop()
+                    for poller in self.activity_pollers:
+                        poller.stop()
+                    log.info(
+                        "draining: %d handler(s) running, %d receive(s) and %d activity "
+                        "poll(s) open, grace %.0fs",
+                        self.in_flight,
+                        sum(consumer.receiving for consumer in self.consumers),
+                        sum(poller.polling for poller in self.activity_pollers),
+                        self.settings.shutdown_grace_s,
+                    )
+
+                    async def cut_polls_once_nothing_else_runs() -> None:
+                        # No event marks the last handler of every queue and activity
+                        # ending; a look every 20 ms, within the grace, costs nothing.
+                        while self.in_flight or any(  # noqa: ASYNC110 - see above
+                            p.polling for p in self.activity_pollers
+                        ):
+                            await anyio.sleep(0.02)
+                        pollers.cancel_scope.cancel()
+
+                    if any(consumer.receiving for consumer in self.consumers):
+                        pollers.start_soon(cut_polls_once_nothing_else_runs)
+        if work_scope.cancelled_caught:
+            log.warning(
+                "grace period over: work still running cancelled (messages go back to their "
+                "queues, activity tasks are failed with Broker.ShuttingDown, receives and "
+                "activity polls still open are cut off)"
+            )
+
+    async def _activity_pollers(
+        self,
+        clients: AwsClients,
+        completer: Completer,
+        total_slots: anyio.CapacityLimiter,
+        retry: StartupRetry,
+    ) -> list[ActivityPoller]:
+        processor = ActivityTaskProcessor(
+            self.router,
+            completer,
+            self.stats,
+            handler_timeout_s=self.settings.handler_timeout_s,
+        )
+        pollers = []
+        for settings in self.settings.activities:
+            activity = await resolve_activity(clients.sfn, settings, retry=retry)
+            pollers += [
+                ActivityPoller(
+                    activity,
+                    clients.activity_sfn,
+                    processor,
+                    total_slots=total_slots,
+                    stats=self.stats,
+                )
+                for _ in range(settings.pollers)
+            ]
+        return pollers
+
+    async def _open_queue(
+        self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry
+    ) -> QueueRuntime:
+        found = await resolve_queue(sqs, queue, retry)
+        url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
+        if dead_letter_url is None:
+            redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
+            log.warning(
+                "queue %s has no dead_letter_queue setting: poison messages are left to the "
+                "queue's redrive policy (the queue has been found %s one)",
+                queue.name,
+                redrive,
+            )
+        return QueueRuntime(
+            settings=queue,
+            url=url,
+            spec=queue.envelope_spec(),
+            deleter=DeleteBatcher(sqs, url, linger_s=self.settings.delete_linger_s),
+            dead_letter_url=dead_letter_url,
+            visibility_timeout_s=int(attributes.get("VisibilityTimeout", 30)),
+            fifo=attributes.get("FifoQueue") == "true",
+        )
+
+    # -- health and metrics
+
+    async def _serve_http(self, *, task_status: TaskStatus[int]) -> None:
+        host, port = self.settings.http_host, self.settings.http_port or 0
+        endpoints = HttpEndpoints(self.liveness, self.readiness, self._metrics)
+        try:
+            await serve_http(endpoints, host, port, task_status=task_status)
+        except OSError as exc:
+            raise ConfigError(
+                f"{ENV_PREFIX}HTTP_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
+            ) from exc
+
+    async def _watch_event_loop(self) -> None:
+        """Measure how late the loop wakes a timer: a blocked loop shows up here.
+
+        The wall clock, not the loop's: uvloop's loop time is cached per iteration and
+        would hide a stall inside the iteration that measures it.
+        """
+        lag = self.stats.loop_lag
+        while True:
+            lag.sleeping(time.monotonic())
+            await anyio.sleep(LAG_PROBE_S)
+            lag.woke(time.monotonic())
+
+    def liveness(self) -> Health:
+        lag = self.stats.loop_lag
+        worst_s = lag.worst(time.monotonic())
+        checks = {
+            "event_loop": f"lag {lag.last_s * 1000:.0f} ms, worst {worst_s * 1000:.0f} ms "
+            f"in the last {LAG_WINDOW_S:.0f} s"
+        }
+        ok = worst_s < _MAX_LIVE_LAG_S
+        for consumer in self.consumers:
+            stuck_for_s = consumer.stuck_for_s()
+            if stuck_for_s is not None:
+                ok = False
+                checks[f"poller {consumer.queue.name}"] = f"no answer for {stuck_for_s:.0f}s"
+        return Health(ok, checks)
+
+    def readiness(self) -> Health:
+        checks: dict[str, str] = {}
+        if self._stop_requested:
+            checks["state"] = "draining"
+        elif not self._ready:
+            checks["state"] = "starting"
+        else:
+            checks["state"] = "running"
+        failing = [c.queue.name for c in self.consumers if c.failing]
+        for name in failing:
+            checks[f"queue {name}"] = "ReceiveMessage failing"
+        return Health(self._ready and not failing, checks)
+
+    def _metrics(self) -> bytes:
+        return render_metrics(self._collector)
+
+    @property
+    def _collector(self) -> MetricsCollector:
+        return MetricsCollector(
+            self.stats,
+            BrokerGauges(
+                in_flight=self._in_flight_by_source,
+                free_slots=lambda: {c.queue.name: c.free_slots for c in self.consumers},
+                ready=lambda: self._ready,
+                draining=lambda: self._stop_requested,
+            ),
+        )
+
+    def _in_flight_by_source(self) -> dict[str, int]:
+        """Handlers running per queue and per activity (its pollers together)."""
+        running = {consumer.queue.name: consumer.in_flight for consumer in self.consumers}
+        for poller in self.activity_pollers:
+            name = poller.activity.name
+            running[name] = running.get(name, 0) + poller.in_flight
+        return running
+
+    def _summary(self) -> str:
+        parts = [f"{outcome.value}={self.stats.total(outcome)}" for outcome in Outcome]
+        return ", ".join(p for p in parts if not p.endswith("=0")) or "no messages"
+
+
+def configuration_problems(settings: BrokerSettings, router: Router) -> list[ConfigError]:
+    """What the broker refuses to start with, before any AWS call (``check`` lists all)."""
+    problems = []
+    if not settings.queues and not settings.activities:
+        problems.append(
+            ConfigError(f"{ENV_PREFIX}QUEUES: no queue configured (and no {ENV_PREFIX}ACTIVITIES)")
+        )
+    return problems + activity_route_problems(settings.activities, router)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedQueue:
+    """A configured queue as found at start-up."""
+
+    url: str
+    attributes: dict[str, str]
+    dead_letter_url: str | None
+
+
+async def resolve_queue(sqs: SqsApi, queue: QueueSettings, retry: StartupRetry) -> ResolvedQueue:
+    """Find a queue and its dead-letter queue, as ``run`` does (``check`` reuses this)."""
+    url = await resolve_queue_url(sqs, queue.name, retry=retry)
+    attributes = await _queue_attributes(sqs, url, f"queue {queue.name!r}", retry)
+    dead_letter_url = None
+    if queue.dead_letter_queue:
+        subject = f"dead-letter queue {queue.dead_letter_queue!r} (of queue {queue.name!r})"
+        dead_letter_url = await resolve_queue_url(
+            sqs, queue.dead_letter_queue, retry=retry, subject=subject
+        )
+        if dead_letter_url == queue.dead_letter_queue:
+            # Given as a URL, nothing looked it up yet: a typo would surface only at the
+            # first poison message, as a copy that cannot be made.
+            await _queue_attributes(sqs, dead_letter_url, subject, retry)
+    return ResolvedQueue(url, attributes, dead_letter_url)
+
+
+async def resolve_queue_url(
+    sqs: SqsApi,
+    name_or_url: str,
+    *,
+    retry: StartupRetry | None = None,
+    subject: str | None = None,
+) -> str:
+    """A queue URL from a queue name or URL.  ``QueueNotFound`` if it does not exist.
+
+    Transient errors are retried under ``retry`` (a fresh default budget if none);
+    every other failure is a one-line ``StartupError`` naming the queue (or ``subject``).
+    """
+    if name_or_url.startswith(("https://", "http://")):
+        return name_or_url
+    response = await (retry or StartupRetry()).call(
+        lambda: sqs.get_queue_url(QueueName=name_or_url),
+        subject=subject or f"queue {name_or_url!r}",
+        api="GetQueueUrl",
+        client=sqs,
+        not_found=QueueNotFound,
+    )
+    return str(response["QueueUrl"])
+
+
+async def _queue_attributes(
+    sqs: SqsApi, url: str, subject: str, retry: StartupRetry
+) -> dict[str, str]:
+    response = await retry.call(
+        lambda: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]),
+        subject=subject,
+        api="GetQueueAttributes",
+        client=sqs,
+        not_found=QueueNotFound,
+    )
+    return dict(response.get("Attributes", {}))

@@ -1,0 +1,349 @@
+"""The long-poll loops of one queue: reserve free slots, receive that many, start them.
+
+A loop asks SQS only for as many messages as it has reserved handler slots, so the
+process never holds a message it cannot start at once.  Slots come from two
+``CapacityLimiter``s, the queue's and the broker-wide one; anyio serves waiters first
+come first served, so a busy queue cannot starve a quiet one.
+
+A queue has ``receivers`` such loops: one ReceiveMessage returns at most 10 messages, so
+with 20 ms per call a single loop tops out near 400 messages/s whatever the concurrency.
+A loop that finds no free slot waits for one, so extra loops cost nothing when busy.
+
+At the stop (``stop``) no poll starts any more, but a ReceiveMessage in flight is not
+cancelled by it: SQS may already have taken messages for it, and cancelling it would
+hide them until their visibility timeout.  The broker cancels it (``poll``'s scope) only
+when nothing else keeps the drain going, or at the grace deadline.  What such a poll
+returns is not started: it is handed back (ChangeMessageVisibilityBatch to 0) for
+another replica as soon as the queue's last open poll has returned.  Not before: a
+message made visible while a sibling loop still polls would be received again by it,
+and each receive counts against the message's attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from broker.aws.clients import SqsApi, classify, error_code
+from broker.observability.stats import Outcome, Stats
+from broker.sqs.message import QueueRuntime, ReceivedMessage
+from broker.sqs.processor import MessageProcessor
+
+__all__ = ["QueueConsumer"]
+
+log = logging.getLogger("broker.consumer")
+
+MAX_RECEIVE: Final = 10
+_ERROR_BACKOFF_MAX_S: Final = 30.0
+#: Consecutive ReceiveMessage failures after which the queue counts as unreachable.
+_FAILING_AFTER: Final = 3
+#: Default receive loops: one per this many of the queue's slots, at most the max.
+_SLOTS_PER_AUTO_RECEIVER: Final = 16
+_AUTO_RECEIVERS_MAX: Final = 4
+_RELEASE_TIMEOUT_S: Final = 2.0
+
+
+class _Slot:
+    """A borrower token: one handler slot, held from receive until the message settles."""
+
+    __slots__ = ()
+
+
+class QueueConsumer:
+    def __init__(
+        self,
+        queue: QueueRuntime,
+        sqs: SqsApi,
+        processor: MessageProcessor,
+        *,
+        total_slots: anyio.CapacityLimiter,
+        stats: Stats,
+    ) -> None:
+        self.queue = queue
+        self._sqs = sqs
+        self._processor = processor
+        self._total_slots = total_slots
+        self._queue_slots = anyio.CapacityLimiter(
+            queue.settings.concurrency or int(total_slots.total_tokens)
+        )
+        self._stats = stats
+        self._processing = 0
+        #: When each loop's ReceiveMessage in flight began (loop index → time).
+        self._receiving_since: dict[int, float] = {}
+        self._failures = 0
+        self._stopping = False
+        #: Messages received after the stop, handed back once every poll has returned.
+        self._drained: list[ReceivedMessage] = []
+        #: Each loop's cancel scope, which ``stop`` uses unless the loop is receiving.
+        self._scopes: dict[int, anyio.CancelScope] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Messages received and not yet settled (slots reserved for a poll excluded)."""
+        return self._processing
+
+    @property
+    def free_slots(self) -> int:
+        """Handler slots of this queue not running a handler (a pending poll's included)."""
+        return int(self._queue_slots.total_tokens) - self._processing
+
+    @property
+    def receiving(self) -> int:
+        """ReceiveMessage calls in flight."""
+        return len(self._receiving_since)
+
+    @property
+    def failing(self) -> bool:
+        """ReceiveMessage has failed several times in a row (readiness reports it)."""
+        return self._failures >= _FAILING_AFTER
+
+    @property
+    def receivers(self) -> int:
+        """ReceiveMessage loops of this queue (see ``QueueSettings.receivers``)."""
+        if self.queue.fifo:
+            return 1  # one receive at a time keeps a FIFO queue's batches in group order
+        if self.queue.settings.receivers is not None:
+            return self.queue.settings.receivers
+        slots = int(self._queue_slots.total_tokens)
+        return max(1, min(_AUTO_RECEIVERS_MAX, slots // _SLOTS_PER_AUTO_RECEIVER))
+
+    def stuck_for_s(self) -> float | None:
+        """How long a ReceiveMessage has gone unanswered past any sane bound, else None."""
+        if not self._receiving_since:
+            return None
+        waited_s = anyio.current_time() - min(self._receiving_since.values())
+        # The SDK's read timeout is the long poll + 10 s, tried up to 3 times.
+        bound_s = 3 * (self.queue.settings.wait_time_s + 10) + 10
+        return waited_s if waited_s > bound_s else None
+
+    def stop(self) -> None:
+        """Start no more polls: loops waiting for a slot or backing off end now, and a
+        ReceiveMessage in flight is left to return (then what it returns is handed back)."""
+        self._stopping = True
+        for index, scope in self._scopes.items():
+            if index not in self._receiving_since:
+                scope.cancel()
+
+    async def poll(self, work: TaskGroup) -> None:
+        """Run the queue's receive loops until ``stop`` (and their last receives returned)
+        or cancelled; messages start as tasks in ``work``."""
+        try:
+            async with anyio.create_task_group() as loops:
+                for index in range(self.receivers):
+                    loops.start_soon(self._poll_loop, index, work)
+        finally:
+            drained, self._drained = self._drained, []
+            await self._hand_back(drained)
+
+    async def _poll_loop(self, index: int, work: TaskGroup) -> None:
+        with anyio.CancelScope() as self._scopes[index]:
+            while not self._stopping:
+                await self._poll_once(index, work)
+
+    async def _poll_once(self, index: int, work: TaskGroup) -> None:
+        slots = await self._reserve()
+        if self._stopping:
+            self._release(slots)
+            return
+        self._receiving_since[index] = anyio.current_time()
+        try:
+            messages = await self._receive(len(slots))
+        except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
+            self._release(slots)
+            del self._receiving_since[index]
+            self._failures += 1
+            failures = self._failures
+            delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
+            log.error(
+                "ReceiveMessage on %s failed (%s, %s); next try in %.1fs",
+                self.queue.name,
+                error_code(exc) or type(exc).__name__,
+                classify(exc).value,
+                delay_s,
+            )
+            if not self._stopping:
+                await anyio.sleep(delay_s)
+            return
+        except BaseException:
+            self._release(slots)
+            del self._receiving_since[index]
+            if self._stopping:
+                log.info(
+                    "ReceiveMessage on %s cut off in the drain; messages SQS was about to "
+                    "return through it come back after their visibility timeout",
+                    self.queue.name,
+                )
+            raise
+        del self._receiving_since[index]
+        self._failures = 0
+        if self._stopping:
+            # The broker stops: start nothing; ``poll`` hands these back for another
+            # replica once no loop of this queue polls any more.
+            self._drained += messages
+            self._release(slots)
+            return
+        self._stats.received[self.queue.name] += len(messages)
+        held = list(zip(messages, slots, strict=False))
+        self._processing += len(held)
+        self._release(slots[len(messages) :])
+        if self.queue.fifo:
+            # SQS hands out a group's messages in order and holds back the rest of
+            # the group while any is in flight; keeping that order is ours to do.
+            for group in _by_group(held):
+                work.start_soon(self._handle_in_order, group)
+        else:
+            for message, slot in held:
+                work.start_soon(self._handle, message, slot)
+
+    async def _hand_back(self, messages: list[ReceivedMessage]) -> None:
+        """Make messages received during the drain visible again now (shielded, bounded)."""
+        if not messages:
+            return
+        failed: list[str] = []
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S) as scope:
+            for start in range(0, len(messages), MAX_RECEIVE):
+                batch = messages[start : start + MAX_RECEIVE]
+                try:
+                    response = await self._sqs.change_message_visibility_batch(
+                        QueueUrl=self.queue.url,
+                        Entries=[
+                            {
+                                "Id": str(number),
+                                "ReceiptHandle": message.receipt_handle,
+                                "VisibilityTimeout": 0,
+                            }
+                            for number, message in enumerate(batch)
+                        ],
+                    )
+                    failed += [str(entry.get("Code")) for entry in response.get("Failed", [])]
+                except Exception as exc:  # noqa: BLE001 - they return when their visibility lapses
+                    failed += [error_code(exc) or type(exc).__name__] * len(batch)
+        if scope.cancelled_caught:
+            failed = ["timeout"] * len(messages)
+        log.info(
+            "drain: %d message(s) a poll returned after the stop handed back to %s%s",
+            len(messages) - len(failed),
+            self.queue.name,
+            f"; {len(failed)} not ({', '.join(sorted(set(failed)))}): they come back after "
+            "their visibility timeout"
+            if failed
+            else "",
+        )
+
+    async def _reserve(self) -> list[_Slot]:
+        first = _Slot()
+        await self._queue_slots.acquire_on_behalf_of(first)
+        try:
+            await self._total_slots.acquire_on_behalf_of(first)
+        except BaseException:
+            self._queue_slots.release_on_behalf_of(first)
+            raise
+        slots = [first]
+        # Top up without waiting: a long poll for 1 message when 10 slots are free
+        # would leave throughput on the table.
+        while len(slots) < MAX_RECEIVE:
+            slot = _Slot()
+            try:
+                self._queue_slots.acquire_on_behalf_of_nowait(slot)
+            except anyio.WouldBlock:
+                break
+            try:
+                self._total_slots.acquire_on_behalf_of_nowait(slot)
+            except anyio.WouldBlock:
+                self._queue_slots.release_on_behalf_of(slot)
+                break
+            slots.append(slot)
+        return slots
+
+    def _release(self, slots: list[_Slot]) -> None:
+        for slot in slots:
+            self._total_slots.release_on_behalf_of(slot)
+            self._queue_slots.release_on_behalf_of(slot)
+
+    async def _receive(self, count: int) -> list[ReceivedMessage]:
+        params: dict[str, object] = {
+            "QueueUrl": self.queue.url,
+            "MaxNumberOfMessages": count,
+            "WaitTimeSeconds": self.queue.settings.wait_time_s,
+            "MessageAttributeNames": ["All"],
+            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "MessageGroupId"],
+        }
+        if self.queue.settings.visibility_timeout_s is not None:
+            params["VisibilityTimeout"] = self.queue.settings.visibility_timeout_s
+        response = await self._sqs.receive_message(**params)
+        return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
+
+    async def _handle_in_order(self, group: list[tuple[ReceivedMessage, _Slot]]) -> None:
+        for index, (message, slot) in enumerate(group):
+            rest = group[index + 1 :]
+            try:
+                outcome = await self._handle(message, slot)
+            except BaseException:
+                self._give_back(rest)
+                raise
+            if (outcome is None or not outcome.settled) and rest:
+                # The message will come back: the ones after it must not overtake it.
+                await self._return_to_queue(rest)
+                return
+
+    async def _return_to_queue(
+        self, rest: list[tuple[ReceivedMessage, _Slot]], *, release_slots: bool = True
+    ) -> None:
+        try:
+            for message, _ in rest:
+                try:
+                    await self._sqs.change_message_visibility(
+                        QueueUrl=self.queue.url,
+                        ReceiptHandle=message.receipt_handle,
+                        VisibilityTimeout=0,
+                    )
+                except Exception as exc:  # noqa: BLE001 - it returns when its visibility lapses
+                    log.warning(
+                        "could not return message %s to %s (%s)",
+                        message.message_id,
+                        self.queue.name,
+                        error_code(exc) or type(exc).__name__,
+                    )
+        finally:
+            if release_slots:
+                self._give_back(rest)
+
+    def _give_back(self, unstarted: list[tuple[ReceivedMessage, _Slot]]) -> None:
+        self._processing -= len(unstarted)
+        self._release([slot for _, slot in unstarted])
+
+    async def _handle(self, message: ReceivedMessage, slot: _Slot) -> Outcome | None:
+        try:
+            return await self._processor.process(self.queue, message)
+        except anyio.get_cancelled_exc_class():
+            # Cut off by the drain's grace period: hand the message back now rather
+            # than after its visibility timeout.  Shielded, bounded, then re-raised.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
+                await self._return_to_queue([(message, slot)], release_slots=False)
+            raise
+        except Exception:
+            # A bug in the broker itself: log it, keep the message (it comes back),
+            # keep the broker running.
+            log.exception(
+                "internal error processing message %s on %s; it will be redelivered",
+                message.message_id,
+                self.queue.name,
+            )
+            return None
+        finally:
+            self._processing -= 1
+            self._release([slot])
+
+
+def _by_group(
+    held: list[tuple[ReceivedMessage, _Slot]],
+) -> list[list[tuple[ReceivedMessage, _Slot]]]:
+    """Split a FIFO receive into its message groups, each in receive order."""
+    groups: dict[str | None, list[tuple[ReceivedMessage, _Slot]]] = {}
+    for message, slot in held:
+        groups.setdefault(message.group_id, []).append((message, slot))
+    return list(groups.values())
