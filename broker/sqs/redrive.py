@@ -27,7 +27,7 @@ import anyio
 
 from broker.aws.clients import SqsApi, error_code
 from broker.core.errors import QueueNotFound
-from broker.service import resolve_queue_url
+from broker.sqs.lookup import resolve_queue_url
 from broker.sqs.message import REDRIVEN_ATTRIBUTE
 
 __all__ = ["REDRIVEN_ATTRIBUTE", "RedriveReport", "redrive"]
