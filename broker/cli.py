@@ -23,7 +23,8 @@ import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.activities.poller import lookup_activity, resolve_activity
-from broker.aws.clients import StartupRetry, describe_aws_error, open_clients
+from broker.aws.clients import open_clients
+from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router

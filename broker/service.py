@@ -24,8 +24,10 @@ from anyio.abc import TaskStatus
 
 from broker.activities.poller import ActivityPoller, activity_route_problems, resolve_activity
 from broker.activities.processor import ActivityTaskProcessor
-from broker.aws.clients import AwsClients, SqsApi, StartupRetry, open_clients
+from broker.aws.clients import open_clients
 from broker.aws.instrument import instrument
+from broker.aws.protocols import AwsClients, SqsApi
+from broker.aws.startup import StartupRetry
 from broker.core.completer import Completer
 from broker.core.errors import ConfigError
 from broker.core.router import Router

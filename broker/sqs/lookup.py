@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.aws.clients import SqsApi, StartupRetry
+from broker.aws.protocols import SqsApi
+from broker.aws.startup import StartupRetry
 from broker.core.errors import QueueNotFound
 from broker.core.settings import QueueSettings
 

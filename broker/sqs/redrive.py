@@ -25,7 +25,8 @@ from typing import Any, Final
 
 import anyio
 
-from broker.aws.clients import SqsApi, error_code
+from broker.aws.errors import error_code
+from broker.aws.protocols import SqsApi
 from broker.core.errors import QueueNotFound
 from broker.sqs.lookup import resolve_queue_url
 from broker.sqs.message import REDRIVEN_ATTRIBUTE
