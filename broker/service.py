@@ -14,7 +14,6 @@ task cut off is failed with ``Broker.ShuttingDown`` since nothing would redelive
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Final
@@ -32,9 +31,9 @@ from broker.core.completer import Completer
 from broker.core.errors import ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
-from broker.observability.http import Health, HttpEndpoints, serve_http
-from broker.observability.metrics import BrokerGauges, MetricsCollector, render_metrics
-from broker.observability.stats import LAG_PROBE_S, LAG_WINDOW_S, Outcome, Stats
+from broker.observability.health import BrokerHealth
+from broker.observability.probes import Health
+from broker.observability.stats import Outcome, Stats
 from broker.observability.tracing import Tracer
 from broker.sqs.consumer import QueueConsumer
 from broker.sqs.deleter import DeleteBatcher
@@ -47,10 +46,6 @@ __all__ = ["Broker", "configuration_problems"]
 log = logging.getLogger("broker")
 
 _FLUSH_TIMEOUT_S: Final = 10.0
-#: A loop this late is not serving anyone: liveness fails and the orchestrator restarts.
-#: Compared with the worst lag of the last LAG_WINDOW_S, so one stall keeps liveness
-#: failing long enough for the orchestrator's failure threshold to see it.
-_MAX_LIVE_LAG_S: Final = 10.0
 
 ClientFactory = Callable[[BrokerSettings], AbstractAsyncContextManager[AwsClients]]
 
@@ -85,6 +80,8 @@ class Broker:
         self.http_port: int | None = None
         self.consumers: list[QueueConsumer] = []
         self.activity_pollers: list[ActivityPoller] = []
+        #: /livez /readyz /metrics, read from this broker when asked.
+        self.health = BrokerHealth(self)
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
@@ -92,6 +89,21 @@ class Broker:
         self._ready = False  # readiness goes false first, before anything else stops
         if self._stop is not None:
             self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """Started and not draining: what /readyz and ``broker_ready`` report."""
+        return self._ready
+
+    @property
+    def draining(self) -> bool:
+        return self._stop_requested
+
+    def liveness(self) -> Health:
+        return self.health.liveness()
+
+    def readiness(self) -> Health:
+        return self.health.readiness()
 
     @property
     def in_flight(self) -> int:
@@ -106,8 +118,8 @@ class Broker:
         try:
             async with anyio.create_task_group() as observers:
                 if self.settings.http_port is not None:
-                    self.http_port = await observers.start(self._serve_http)
-                observers.start_soon(self._watch_event_loop)
+                    self.http_port = await observers.start(self.health.serve)
+                observers.start_soon(self.health.watch_event_loop)
                 await self._run(task_status)
                 observers.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -274,81 +286,6 @@ class Broker:
             visibility_timeout_s=int(attributes.get("VisibilityTimeout", 30)),
             fifo=attributes.get("FifoQueue") == "true",
         )
-
-    # -- health and metrics
-
-    async def _serve_http(self, *, task_status: TaskStatus[int]) -> None:
-        host, port = self.settings.http_host, self.settings.http_port or 0
-        endpoints = HttpEndpoints(self.liveness, self.readiness, self._metrics)
-        try:
-            await serve_http(endpoints, host, port, task_status=task_status)
-        except OSError as exc:
-            raise ConfigError(
-                f"{ENV_PREFIX}HTTP_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
-            ) from exc
-
-    async def _watch_event_loop(self) -> None:
-        """Measure how late the loop wakes a timer: a blocked loop shows up here.
-
-        The wall clock, not the loop's: uvloop's loop time is cached per iteration and
-        would hide a stall inside the iteration that measures it.
-        """
-        lag = self.stats.loop_lag
-        while True:
-            lag.sleeping(time.monotonic())
-            await anyio.sleep(LAG_PROBE_S)
-            lag.woke(time.monotonic())
-
-    def liveness(self) -> Health:
-        lag = self.stats.loop_lag
-        worst_s = lag.worst(time.monotonic())
-        checks = {
-            "event_loop": f"lag {lag.last_s * 1000:.0f} ms, worst {worst_s * 1000:.0f} ms "
-            f"in the last {LAG_WINDOW_S:.0f} s"
-        }
-        ok = worst_s < _MAX_LIVE_LAG_S
-        for consumer in self.consumers:
-            stuck_for_s = consumer.stuck_for_s()
-            if stuck_for_s is not None:
-                ok = False
-                checks[f"poller {consumer.queue.name}"] = f"no answer for {stuck_for_s:.0f}s"
-        return Health(ok, checks)
-
-    def readiness(self) -> Health:
-        checks: dict[str, str] = {}
-        if self._stop_requested:
-            checks["state"] = "draining"
-        elif not self._ready:
-            checks["state"] = "starting"
-        else:
-            checks["state"] = "running"
-        failing = [c.queue.name for c in self.consumers if c.failing]
-        for name in failing:
-            checks[f"queue {name}"] = "ReceiveMessage failing"
-        return Health(self._ready and not failing, checks)
-
-    def _metrics(self) -> bytes:
-        return render_metrics(self._collector)
-
-    @property
-    def _collector(self) -> MetricsCollector:
-        return MetricsCollector(
-            self.stats,
-            BrokerGauges(
-                in_flight=self._in_flight_by_source,
-                free_slots=lambda: {c.queue.name: c.free_slots for c in self.consumers},
-                ready=lambda: self._ready,
-                draining=lambda: self._stop_requested,
-            ),
-        )
-
-    def _in_flight_by_source(self) -> dict[str, int]:
-        """Handlers running per queue and per activity (its pollers together)."""
-        running = {consumer.queue.name: consumer.in_flight for consumer in self.consumers}
-        for poller in self.activity_pollers:
-            name = poller.activity.name
-            running[name] = running.get(name, 0) + poller.in_flight
-        return running
 
     def _summary(self) -> str:
         parts = [f"{outcome.value}={self.stats.total(outcome)}" for outcome in Outcome]
