@@ -13,6 +13,7 @@ Public API::
 
 from __future__ import annotations
 
+from broker._version import __version__ as __version__
 from broker.core.errors import (
     ActivityNotFound,
     AwsAccessDenied,
@@ -62,5 +63,3 @@ __all__ = [
     "build_router",
     "load_settings",
 ]
-
-__version__ = "0.1.0"

@@ -23,13 +23,15 @@ import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.activities.poller import lookup_activity, resolve_activity
-from broker.aws.clients import StartupRetry, describe_aws_error, open_clients
+from broker.aws.clients import open_clients
+from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
 from broker.observability.logs import configure_logging
-from broker.service import Broker, configuration_problems, resolve_queue
+from broker.service import Broker, configuration_problems
+from broker.sqs.lookup import resolve_queue
 from broker.sqs.redrive import redrive
 
 __all__ = ["event_loop_options", "main", "run_broker"]

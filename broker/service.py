@@ -14,10 +14,8 @@ task cut off is failed with ``Broker.ShuttingDown`` since nothing would redelive
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Final
 
 import anyio
@@ -25,36 +23,29 @@ from anyio.abc import TaskStatus
 
 from broker.activities.poller import ActivityPoller, activity_route_problems, resolve_activity
 from broker.activities.processor import ActivityTaskProcessor
-from broker.aws.clients import AwsClients, SqsApi, StartupRetry, open_clients
+from broker.aws.clients import open_clients
 from broker.aws.instrument import instrument
+from broker.aws.protocols import AwsClients, SqsApi
+from broker.aws.startup import StartupRetry
 from broker.core.completer import Completer
-from broker.core.errors import ConfigError, QueueNotFound
+from broker.core.errors import ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
-from broker.observability.http import Health, HttpEndpoints, serve_http
-from broker.observability.metrics import BrokerGauges, MetricsCollector, render_metrics
-from broker.observability.stats import LAG_PROBE_S, LAG_WINDOW_S, Outcome, Stats
+from broker.observability.health import BrokerHealth
+from broker.observability.probes import Health
+from broker.observability.stats import Outcome, Stats
 from broker.observability.tracing import Tracer
 from broker.sqs.consumer import QueueConsumer
 from broker.sqs.deleter import DeleteBatcher
+from broker.sqs.lookup import resolve_queue
 from broker.sqs.message import QueueRuntime
 from broker.sqs.processor import MessageProcessor, ProcessingDefaults
 
-__all__ = [
-    "Broker",
-    "ResolvedQueue",
-    "configuration_problems",
-    "resolve_queue",
-    "resolve_queue_url",
-]
+__all__ = ["Broker", "configuration_problems"]
 
 log = logging.getLogger("broker")
 
 _FLUSH_TIMEOUT_S: Final = 10.0
-#: A loop this late is not serving anyone: liveness fails and the orchestrator restarts.
-#: Compared with the worst lag of the last LAG_WINDOW_S, so one stall keeps liveness
-#: failing long enough for the orchestrator's failure threshold to see it.
-_MAX_LIVE_LAG_S: Final = 10.0
 
 ClientFactory = Callable[[BrokerSettings], AbstractAsyncContextManager[AwsClients]]
 
@@ -89,6 +80,8 @@ class Broker:
         self.http_port: int | None = None
         self.consumers: list[QueueConsumer] = []
         self.activity_pollers: list[ActivityPoller] = []
+        #: /livez /readyz /metrics, read from this broker when asked.
+        self.health = BrokerHealth(self)
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
@@ -96,6 +89,21 @@ class Broker:
         self._ready = False  # readiness goes false first, before anything else stops
         if self._stop is not None:
             self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """Started and not draining: what /readyz and ``broker_ready`` report."""
+        return self._ready
+
+    @property
+    def draining(self) -> bool:
+        return self._stop_requested
+
+    def liveness(self) -> Health:
+        return self.health.liveness()
+
+    def readiness(self) -> Health:
+        return self.health.readiness()
 
     @property
     def in_flight(self) -> int:
@@ -110,8 +118,8 @@ class Broker:
         try:
             async with anyio.create_task_group() as observers:
                 if self.settings.http_port is not None:
-                    self.http_port = await observers.start(self._serve_http)
-                observers.start_soon(self._watch_event_loop)
+                    self.http_port = await observers.start(self.health.serve)
+                observers.start_soon(self.health.watch_event_loop)
                 await self._run(task_status)
                 observers.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -279,81 +287,6 @@ class Broker:
             fifo=attributes.get("FifoQueue") == "true",
         )
 
-    # -- health and metrics
-
-    async def _serve_http(self, *, task_status: TaskStatus[int]) -> None:
-        host, port = self.settings.http_host, self.settings.http_port or 0
-        endpoints = HttpEndpoints(self.liveness, self.readiness, self._metrics)
-        try:
-            await serve_http(endpoints, host, port, task_status=task_status)
-        except OSError as exc:
-            raise ConfigError(
-                f"{ENV_PREFIX}HTTP_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
-            ) from exc
-
-    async def _watch_event_loop(self) -> None:
-        """Measure how late the loop wakes a timer: a blocked loop shows up here.
-
-        The wall clock, not the loop's: uvloop's loop time is cached per iteration and
-        would hide a stall inside the iteration that measures it.
-        """
-        lag = self.stats.loop_lag
-        while True:
-            lag.sleeping(time.monotonic())
-            await anyio.sleep(LAG_PROBE_S)
-            lag.woke(time.monotonic())
-
-    def liveness(self) -> Health:
-        lag = self.stats.loop_lag
-        worst_s = lag.worst(time.monotonic())
-        checks = {
-            "event_loop": f"lag {lag.last_s * 1000:.0f} ms, worst {worst_s * 1000:.0f} ms "
-            f"in the last {LAG_WINDOW_S:.0f} s"
-        }
-        ok = worst_s < _MAX_LIVE_LAG_S
-        for consumer in self.consumers:
-            stuck_for_s = consumer.stuck_for_s()
-            if stuck_for_s is not None:
-                ok = False
-                checks[f"poller {consumer.queue.name}"] = f"no answer for {stuck_for_s:.0f}s"
-        return Health(ok, checks)
-
-    def readiness(self) -> Health:
-        checks: dict[str, str] = {}
-        if self._stop_requested:
-            checks["state"] = "draining"
-        elif not self._ready:
-            checks["state"] = "starting"
-        else:
-            checks["state"] = "running"
-        failing = [c.queue.name for c in self.consumers if c.failing]
-        for name in failing:
-            checks[f"queue {name}"] = "ReceiveMessage failing"
-        return Health(self._ready and not failing, checks)
-
-    def _metrics(self) -> bytes:
-        return render_metrics(self._collector)
-
-    @property
-    def _collector(self) -> MetricsCollector:
-        return MetricsCollector(
-            self.stats,
-            BrokerGauges(
-                in_flight=self._in_flight_by_source,
-                free_slots=lambda: {c.queue.name: c.free_slots for c in self.consumers},
-                ready=lambda: self._ready,
-                draining=lambda: self._stop_requested,
-            ),
-        )
-
-    def _in_flight_by_source(self) -> dict[str, int]:
-        """Handlers running per queue and per activity (its pollers together)."""
-        running = {consumer.queue.name: consumer.in_flight for consumer in self.consumers}
-        for poller in self.activity_pollers:
-            name = poller.activity.name
-            running[name] = running.get(name, 0) + poller.in_flight
-        return running
-
     def _summary(self) -> str:
         parts = [f"{outcome.value}={self.stats.total(outcome)}" for outcome in Outcome]
         return ", ".join(p for p in parts if not p.endswith("=0")) or "no messages"
@@ -367,66 +300,3 @@ def configuration_problems(settings: BrokerSettings, router: Router) -> list[Con
             ConfigError(f"{ENV_PREFIX}QUEUES: no queue configured (and no {ENV_PREFIX}ACTIVITIES)")
         )
     return problems + activity_route_problems(settings.activities, router)
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedQueue:
-    """A configured queue as found at start-up."""
-
-    url: str
-    attributes: dict[str, str]
-    dead_letter_url: str | None
-
-
-async def resolve_queue(sqs: SqsApi, queue: QueueSettings, retry: StartupRetry) -> ResolvedQueue:
-    """Find a queue and its dead-letter queue, as ``run`` does (``check`` reuses this)."""
-    url = await resolve_queue_url(sqs, queue.name, retry=retry)
-    attributes = await _queue_attributes(sqs, url, f"queue {queue.name!r}", retry)
-    dead_letter_url = None
-    if queue.dead_letter_queue:
-        subject = f"dead-letter queue {queue.dead_letter_queue!r} (of queue {queue.name!r})"
-        dead_letter_url = await resolve_queue_url(
-            sqs, queue.dead_letter_queue, retry=retry, subject=subject
-        )
-        if dead_letter_url == queue.dead_letter_queue:
-            # Given as a URL, nothing looked it up yet: a typo would surface only at the
-            # first poison message, as a copy that cannot be made.
-            await _queue_attributes(sqs, dead_letter_url, subject, retry)
-    return ResolvedQueue(url, attributes, dead_letter_url)
-
-
-async def resolve_queue_url(
-    sqs: SqsApi,
-    name_or_url: str,
-    *,
-    retry: StartupRetry | None = None,
-    subject: str | None = None,
-) -> str:
-    """A queue URL from a queue name or URL.  ``QueueNotFound`` if it does not exist.
-
-    Transient errors are retried under ``retry`` (a fresh default budget if none);
-    every other failure is a one-line ``StartupError`` naming the queue (or ``subject``).
-    """
-    if name_or_url.startswith(("https://", "http://")):
-        return name_or_url
-    response = await (retry or StartupRetry()).call(
-        lambda: sqs.get_queue_url(QueueName=name_or_url),
-        subject=subject or f"queue {name_or_url!r}",
-        api="GetQueueUrl",
-        client=sqs,
-        not_found=QueueNotFound,
-    )
-    return str(response["QueueUrl"])
-
-
-async def _queue_attributes(
-    sqs: SqsApi, url: str, subject: str, retry: StartupRetry
-) -> dict[str, str]:
-    response = await retry.call(
-        lambda: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]),
-        subject=subject,
-        api="GetQueueAttributes",
-        client=sqs,
-        not_found=QueueNotFound,
-    )
-    return dict(response.get("Attributes", {}))

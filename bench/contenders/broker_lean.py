@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.lean_call import LeanSigner
 from broker import Broker, load_settings
-from broker.aws.clients import AwsClients, SfnApi, SqsApi, open_clients
+from broker.aws.clients import open_clients
+from broker.aws.protocols import AwsClients, SfnApi, SqsApi
 from broker.core.settings import BrokerSettings
 from broker.observability.logs import configure_logging
 from handlers.seeds import router

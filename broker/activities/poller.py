@@ -24,7 +24,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.activities.processor import ActivityRuntime, ActivityTaskProcessor
-from broker.aws.clients import SfnApi, StartupRetry, classify, error_code
+from broker.aws.errors import classify, error_code
+from broker.aws.protocols import SfnApi
+from broker.aws.startup import StartupRetry
 from broker.core.errors import ActivityNotFound, ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, ActivitySettings

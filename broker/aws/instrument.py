@@ -10,7 +10,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
-from broker.aws.clients import AwsClients, SfnApi, SqsApi, error_code
+from broker.aws.errors import HEARTBEAT_CLOSED_CODES, error_code, is_throttle
+from broker.aws.protocols import AwsClients, SfnApi, SqsApi
 from broker.observability.stats import Stats
 from broker.observability.tracing import Tracer
 
@@ -64,11 +65,11 @@ def _measured(stats: Stats, tracer: Tracer, api: str, call: _Call) -> _Call:
 def _count_error(stats: Stats, api: str, exc: Exception) -> None:
     code = error_code(exc) or type(exc).__name__
     stats.aws_errors[(api, code)] += 1
-    if "throttl" in code.lower() or code in ("RequestLimitExceeded", "TooManyRequestsException"):
+    if is_throttle(code):
         stats.throttles[api] += 1
     if api == "SendTaskHeartbeat":
-        # Only these two mean the workflow gave up (see Completer.heartbeat).
-        closed = code in ("TaskTimedOut", "TaskDoesNotExist")
+        # Only these mean the workflow gave up (see Completer.heartbeat).
+        closed = code in HEARTBEAT_CLOSED_CODES
         stats.heartbeats["closed" if closed else "failed"] += 1
 
 

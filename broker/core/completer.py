@@ -18,7 +18,8 @@ from typing import Any, Final
 
 import anyio
 
-from broker.aws.clients import ErrorKind, SfnApi, classify, error_code
+from broker.aws.errors import HEARTBEAT_CLOSED_CODES, ErrorKind, classify, error_code
+from broker.aws.protocols import SfnApi
 from broker.core.ratelimit import TokenBucket
 from broker.observability.events import note_error
 from broker.observability.redact import redact_token, token_ref
@@ -28,7 +29,6 @@ __all__ = ["MAX_CAUSE_CHARS", "MAX_ERROR_CHARS", "Completer", "Confirmation", "t
 
 log = logging.getLogger("broker.completer")
 
-_HEARTBEAT_CLOSED_CODES: Final = frozenset({"TaskTimedOut", "TaskDoesNotExist"})
 MAX_ERROR_CHARS: Final = 256
 MAX_CAUSE_CHARS: Final = 32_768
 
@@ -126,7 +126,7 @@ class Completer:
             "SendTaskHeartbeat",
             self._sfn.send_task_heartbeat,
             token,
-            closed_codes=_HEARTBEAT_CLOSED_CODES,
+            closed_codes=HEARTBEAT_CLOSED_CODES,
             taskToken=token,
         )
 

@@ -14,25 +14,19 @@ in a shared ``.env``) are ignored.
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -42,7 +36,15 @@ from pydantic_settings import (
 )
 
 from broker.core.errors import ConfigError
-from broker.sqs.envelope import DEFAULT_PAYLOAD_FIELDS, DEFAULT_TOKEN_FIELDS, EnvelopeSpec
+from broker.core.settings_models import ENV_PREFIX, ActivitySettings, QueueSettings
+from broker.core.settings_sources import (
+    ALLOWED_FOREIGN_VARIABLES,
+    NamesChecked,
+    UnknownSettings,
+    read_config_file,
+    variable_names,
+)
+from broker.core.settings_sources import unknown_variables as _unknown_among
 
 __all__ = [
     "ALLOWED_FOREIGN_VARIABLES",
@@ -56,100 +58,6 @@ __all__ = [
     "unknown_variables",
 ]
 
-ENV_PREFIX = "BROKER_"
-
-#: ``BROKER_*`` variables that are not settings and are let through.  Kubernetes gives
-#: every pod ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT_8080_TCP`` … for each Service
-#: of its namespace (``enableServiceLinks``), so a Service named ``broker`` would
-#: otherwise stop every replica.  A bare ``BROKER_PORT`` passes only with such a link's
-#: value (``tcp://10.0.0.1:8080``): written by hand it is a misspelled setting.
-ALLOWED_FOREIGN_VARIABLES: Final = (
-    re.compile(r"BROKER_SERVICE_HOST"),
-    re.compile(r"BROKER_SERVICE_PORT(_[A-Z0-9_]+)?"),
-    re.compile(r"BROKER_PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?"),
-)
-_SERVICE_LINK_VALUE: Final = re.compile(r"(tcp|udp|sctp)://\S+")
-
-
-class QueueSettings(BaseModel):
-    """One SQS queue to consume.  In ``BROKER_QUEUES`` a bare string means ``{"name": …}``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, description="Queue name or queue URL.")
-    concurrency: int | None = Field(
-        default=None, ge=1, description="Handlers in flight for this queue (default: all slots)."
-    )
-    token_fields: tuple[str, ...] = Field(
-        default=DEFAULT_TOKEN_FIELDS, min_length=1, description="Body fields tried for the token."
-    )
-    payload_fields: tuple[str, ...] = Field(
-        default=DEFAULT_PAYLOAD_FIELDS, description="Body fields tried for the payload."
-    )
-    type_attribute: str | None = Field(
-        default="type", description="Message attribute naming the type (null: don't look)."
-    )
-    type_field: str | None = Field(
-        default="type", description="Body field naming the type; dotted path allowed."
-    )
-    default_handler: str | None = Field(
-        default=None, description="Type used when a message names none."
-    )
-    dead_letter_queue: str | None = Field(
-        default=None, description="Queue name or URL for poison and exhausted messages."
-    )
-    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait.")
-    receivers: int | None = Field(
-        default=None,
-        ge=1,
-        le=16,
-        description="ReceiveMessage calls in flight (default: one per 16 slots, at most 4; "
-        "FIFO: 1).",
-    )
-    visibility_timeout_s: int | None = Field(
-        default=None, ge=0, le=43_200, description="Visibility on receive (default: the queue's)."
-    )
-
-    def envelope_spec(self) -> EnvelopeSpec:
-        return EnvelopeSpec(
-            token_fields=self.token_fields,
-            payload_fields=self.payload_fields,
-            type_attribute=self.type_attribute,
-            type_field=self.type_field,
-            default_type=self.default_handler,
-        )
-
-
-class ActivitySettings(BaseModel):
-    """One Step Functions activity to serve (objects in ``BROKER_ACTIVITIES``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, description="Activity name or activity ARN.")
-    handler: str | None = Field(
-        default=None, description="Handler type for the activity's tasks (or the fallback)."
-    )
-    type_field: str | None = Field(
-        default=None, description="Input field naming the handler type; dotted path allowed."
-    )
-    pollers: int = Field(
-        default=1, ge=1, le=100, description="GetActivityTask polls in flight at most."
-    )
-    worker_name: str | None = Field(
-        default=None, max_length=80, description="workerName sent with each poll (default: host)."
-    )
-    create_if_missing: bool = Field(
-        default=False, description="Create the activity at start-up if it does not exist."
-    )
-
-    @model_validator(mode="after")
-    def _routable(self) -> Self:
-        if self.handler is None and self.type_field is None:
-            raise ValueError(
-                f"{ENV_PREFIX}ACTIVITIES: activity {self.name!r} needs a handler or a type_field"
-            )
-        return self
-
 
 def _level(value: str) -> str:
     level = value.upper()
@@ -162,7 +70,7 @@ class BrokerSettings(BaseSettings):
     """Every setting of the broker.  Environment variables are ``BROKER_`` + the name."""
 
     # extra="forbid" catches unknown keyword arguments and config-file keys; the
-    # environment and .env are checked by name in _NamesChecked (other programs'
+    # environment and .env are checked by name in NamesChecked (other programs'
     # variables are not errors there).
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -336,8 +244,8 @@ class BrokerSettings(BaseSettings):
         config_file = InitSettingsSource(settings_cls, init_kwargs=cls.config_file_values)
         return (
             init_settings,
-            _NamesChecked(settings_cls, env_settings, where=""),
-            _NamesChecked(settings_cls, dotenv_settings, where=" (in .env)"),
+            NamesChecked(settings_cls, env_settings, where=""),
+            NamesChecked(settings_cls, dotenv_settings, where=" (in .env)"),
             config_file,
         )
 
@@ -345,73 +253,14 @@ class BrokerSettings(BaseSettings):
     config_file_values: ClassVar[dict[str, Any]] = {}
 
 
-class UnknownSettings(SettingsError):
-    """``BROKER_*`` names that are no setting; the message names each and its closest."""
-
-
 def setting_variables() -> tuple[str, ...]:
     """Every environment variable name that sets a ``BrokerSettings`` field."""
-    names = [ENV_PREFIX + field.upper() for field in BrokerSettings.model_fields]
-    for info in BrokerSettings.model_fields.values():
-        if isinstance(info.validation_alias, AliasChoices):
-            names += [c for c in info.validation_alias.choices if isinstance(c, str)]
-    return tuple(dict.fromkeys(name for name in names if name.startswith(ENV_PREFIX)))
+    return variable_names(BrokerSettings)
 
 
 def unknown_variables(variables: Mapping[str, str | None], where: str = "") -> list[str]:
     """One line per ``BROKER_*`` name in ``variables`` that sets nothing."""
-    valid = setting_variables()
-    problems = []
-    for raw_name, value in variables.items():
-        name = raw_name.upper()  # names are case-insensitive, as pydantic-settings reads them
-        if not name.startswith(ENV_PREFIX) or name in valid or _allowed_foreign(name, value):
-            continue
-        closest = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-        hint = f"did you mean {closest[0]}?" if closest else "see docs/settings.md"
-        problems.append(f"{name}{where}: unknown setting ({hint})")
-    return problems
-
-
-def _allowed_foreign(name: str, value: str | None) -> bool:
-    if name == f"{ENV_PREFIX}PORT":
-        return bool(value and _SERVICE_LINK_VALUE.fullmatch(value))
-    return any(pattern.fullmatch(name) for pattern in ALLOWED_FOREIGN_VARIABLES)
-
-
-class _NamesChecked(PydanticBaseSettingsSource):
-    """An environment or .env source whose unknown ``BROKER_*`` names are errors and
-    whose other foreign names are dropped (pydantic-settings would hand them to the
-    model as extras, which ``extra="forbid"`` refuses)."""
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource, where: str
-    ) -> None:
-        super().__init__(settings_cls)
-        self._source = source
-        self._where = where
-        names = set(settings_cls.model_fields)
-        for info in settings_cls.model_fields.values():
-            if isinstance(info.validation_alias, AliasChoices):
-                names.update(c for c in info.validation_alias.choices if isinstance(c, str))
-        self._known = frozenset(names)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._source.get_field_value(field, field_name)
-
-    def _set_current_state(self, state: dict[str, Any]) -> None:
-        super()._set_current_state(state)
-        self._source._set_current_state(state)
-
-    def _set_settings_sources_data(self, states: dict[str, dict[str, Any]]) -> None:
-        super()._set_settings_sources_data(states)
-        self._source._set_settings_sources_data(states)
-
-    def __call__(self) -> dict[str, Any]:
-        variables: Mapping[str, str | None] = getattr(self._source, "env_vars", {})
-        problems = unknown_variables(variables, self._where)
-        if problems:
-            raise UnknownSettings("\n  ".join(problems))
-        return {k: v for k, v in self._source().items() if k in self._known}
+    return _unknown_among(variables, setting_variables(), where)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSettings:
@@ -422,7 +271,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSe
     """
     settings_cls: type[BrokerSettings] = BrokerSettings
     if config_file is not None:
-        values = _read_config_file(config_file)
+        values = read_config_file(config_file)
         settings_cls = type("BrokerSettings", (BrokerSettings,), {"config_file_values": values})
     try:
         return settings_cls(**overrides)
@@ -438,26 +287,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSe
         raise ConfigError(
             f"{setting}: cannot parse the value (lists and objects are JSON): {exc}"
         ) from exc
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        values: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid {_kind(path)}: {exc}") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a table/object of settings")
-    # Allow a [broker] table so the file can live inside a larger config.
-    broker_table = values.get("broker")
-    return dict(broker_table) if isinstance(broker_table, dict) else values
-
-
-def _kind(path: Path) -> str:
-    return "JSON" if path.suffix == ".json" else "TOML"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -28,7 +28,8 @@ from typing import Final
 import anyio
 from anyio.abc import TaskGroup
 
-from broker.aws.clients import SqsApi, classify, error_code
+from broker.aws.errors import classify, error_code
+from broker.aws.protocols import SqsApi
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.message import QueueRuntime, ReceivedMessage
 from broker.sqs.processor import MessageProcessor

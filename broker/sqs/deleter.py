@@ -16,7 +16,8 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from broker.aws.clients import ErrorKind, SqsApi, classify, error_code
+from broker.aws.errors import ErrorKind, classify, error_code
+from broker.aws.protocols import SqsApi
 
 __all__ = ["MAX_BATCH", "DeleteBatcher"]
 

@@ -16,7 +16,8 @@ from typing import Any, Final
 import anyio
 from pydantic import ValidationError
 
-from broker.aws.clients import ErrorKind, SqsApi, classify, error_code
+from broker.aws.errors import ErrorKind, classify, error_code
+from broker.aws.protocols import SqsApi
 from broker.core.completer import Completer, Confirmation
 from broker.core.errors import ErrorName, NonRetryable, RetryLater
 from broker.core.handling import (

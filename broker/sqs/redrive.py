@@ -25,9 +25,10 @@ from typing import Any, Final
 
 import anyio
 
-from broker.aws.clients import SqsApi, error_code
+from broker.aws.errors import error_code
+from broker.aws.protocols import SqsApi
 from broker.core.errors import QueueNotFound
-from broker.service import resolve_queue_url
+from broker.sqs.lookup import resolve_queue_url
 from broker.sqs.message import REDRIVEN_ATTRIBUTE
 
 __all__ = ["REDRIVEN_ATTRIBUTE", "RedriveReport", "redrive"]

@@ -32,7 +32,7 @@ import orjson
 from anyio.abc import TaskGroup
 from botocore.exceptions import ClientError
 
-from broker.aws.clients import AwsClients
+from broker.aws.protocols import AwsClients
 from broker.core.settings import BrokerSettings, QueueSettings
 from broker.observability.tracing import Tracer
 from broker.service import Broker

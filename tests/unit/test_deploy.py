@@ -29,7 +29,7 @@ from pydantic import AliasChoices
 
 from broker import BrokerSettings, Outcome, build_router
 from broker.activities.processor import _SHUTDOWN_FAIL_TIMEOUT_S
-from broker.aws.clients import SfnApi, SqsApi
+from broker.aws.protocols import SfnApi, SqsApi
 from broker.core.settings import ENV_PREFIX
 from broker.observability.metrics import (
     METRIC_NAMES,

@@ -8,7 +8,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
-from broker.aws.clients import ErrorKind, classify
+from broker.aws.errors import ErrorKind, classify
 from broker.aws.fastsfn import SigV4, _client_error
 
 BODY = b'{"taskToken":"t","output":"{\\"ok\\":true}"}'

@@ -20,8 +20,9 @@ import orjson
 import pytest
 
 from broker import Router, Task
-from broker.observability import http
-from broker.observability.http import Health, HttpEndpoints, ListenerLimits, serve_http
+from broker.observability import listener, probes
+from broker.observability.connections import ListenerLimits
+from broker.observability.probes import Health, HttpEndpoints, serve_http
 from broker.observability.stats import LoopLag
 from broker.testing import TestBroker
 from tests.observing import http_get, samples, value
@@ -41,7 +42,7 @@ def endpoints(metrics: Any = None) -> HttpEndpoints:
 
 @asynccontextmanager
 async def listening(
-    ep: HttpEndpoints | None = None, limits: ListenerLimits = http.PROBE_LIMITS
+    ep: HttpEndpoints | None = None, limits: ListenerLimits = probes.PROBE_LIMITS
 ) -> AsyncIterator[int]:
     async with anyio.create_task_group() as tg:
         port = await tg.start(
@@ -129,7 +130,7 @@ async def test_metrics_are_rendered_once_per_interval_under_a_scrape_burst() -> 
             for _ in range(50):
                 tg.start_soon(http_get, port, "/metrics")
         assert renders == 1
-        await anyio.sleep(http.METRICS_TTL_S + 0.1)
+        await anyio.sleep(probes.METRICS_TTL_S + 0.1)
         assert await http_get(port, "/metrics") == (200, b"# render 2\n")
 
 
@@ -202,7 +203,7 @@ async def test_idle_connections_past_the_cap_neither_hold_descriptors_nor_lock_p
 async def test_an_error_in_the_accept_loop_is_logged_and_the_listener_goes_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = http._Listener._accept_batch
+    real = listener._Listener._accept_batch
     failures = 0
 
     async def flaky(self: Any, *args: Any) -> None:
@@ -212,7 +213,7 @@ async def test_an_error_in_the_accept_loop_is_logged_and_the_listener_goes_on(
             raise RuntimeError("boom")
         await real(self, *args)
 
-    monkeypatch.setattr(http._Listener, "_accept_batch", flaky)
+    monkeypatch.setattr(listener._Listener, "_accept_batch", flaky)
 
     def broken() -> bytes:
         raise ValueError("a collector bug")
@@ -297,9 +298,9 @@ def test_the_worst_lag_stays_for_the_window() -> None:
 
 
 async def test_livez_reports_a_stall_for_the_whole_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    import broker.service as service
+    import broker.observability.health as health
 
-    monkeypatch.setattr(service, "_MAX_LIVE_LAG_S", 0.5)
+    monkeypatch.setattr(health, "_MAX_LIVE_LAG_S", 0.5)
     async with TestBroker(router(), http_settings()) as tb:
         port = tb.broker.http_port
         assert port

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
 from broker import ActivityNotFound, ActivitySettings, QueueNotFound, QueueSettings
-from broker.aws.clients import StartupRetry
+from broker.aws.startup import StartupRetry
 from broker.core.errors import AwsAccessDenied, AwsUnavailable
 from broker.service import Broker
 from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error

@@ -1,9 +1,11 @@
-"""The broker's HTTP listeners: ``aiohttp.web`` behind an accept loop of our own.
+"""A hardened HTTP listener: ``aiohttp.web`` behind an accept loop of our own.
 
-The probes' listener (``/livez``, ``/readyz``, ``/metrics``) is the first; the public
-decision endpoint is meant to be a second one, with its own routes, address and limits,
-through the same ``serve_routes``.  Both run as tasks in the broker's root task group,
-and no number or behaviour of clients may stop the broker, so a listener:
+Any set of routes is served through ``serve_routes``: the probes' listener
+(``broker.observability.probes``) is the first; the public decision endpoint is meant to
+be a second one, with its own routes, address and limits (``ListenerLimits``, in
+``broker.observability.connections`` with the connections' bookkeeping).  Both run as
+tasks in the broker's root task group, and no number or behaviour of clients may stop
+the broker, so a listener:
 
 - accepts connections itself (not ``loop.create_server``): ``accept()`` errors such as
   ``EMFILE`` are logged and waited out here, never raised into the task group, and an
@@ -30,36 +32,27 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import anyio
 import anyio.lowlevel
-import orjson
 from aiohttp import web
 from anyio.abc import TaskGroup, TaskStatus
 
-try:
-    import resource
-except ImportError:  # not on Windows: no file limit to read there
-    resource = None  # type: ignore[assignment]
+from broker.observability.connections import (
+    EVICT_AFTER_S,
+    ClientErrorFilter,
+    Connection,
+    Lane,
+    ListenerLimits,
+    Warnings,
+    connection_cap,
+)
 
-__all__ = [
-    "PROBE_LIMITS",
-    "PROBE_PATHS",
-    "Health",
-    "HttpEndpoints",
-    "ListenerLimits",
-    "connection_cap",
-    "serve_http",
-    "serve_routes",
-]
+__all__ = ["serve_routes"]
 
 log = logging.getLogger("broker.http")
 
-#: How long a rendered /metrics is served again: a scrape flood renders once per interval.
-METRICS_TTL_S: Final = 1.0
-_METRICS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: accept() errors that say "nothing to accept after all" (accept(2), Linux notes; some
 #: of these names don't exist on every system).
 _ACCEPT_RETRY: Final = frozenset(
@@ -77,144 +70,10 @@ _ACCEPT_BATCH: Final = 16
 _STARVED_PAUSE_S: Final = 0.1
 #: Enough of a request to read its method and path.
 _PEEK_BYTES: Final = 256
-#: A connection this young is never evicted: time enough to send its request and have
-#: it picked up even on a busy loop, so a flood of new connections can't push a probe
-#: out before it is answered.
-_EVICT_AFTER_S: Final = 0.2
 _SWEEP_EVERY_S: Final = 1.0
 #: One warning per this interval for each kind of client trouble: clients can't flood the log.
 _WARN_EVERY_S: Final = 60.0
 _SHUTDOWN_S: Final = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    ok: bool
-    #: Why, in a few words per check; shown in the response body.
-    checks: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class HttpEndpoints:
-    liveness: Callable[[], Health]
-    readiness: Callable[[], Health]
-    metrics: Callable[[], bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerLimits:
-    """What one listener allows its clients.  The defaults suit probes and a scrape."""
-
-    #: Open connections at most; also at most 1/8 of the process' file limit.
-    max_connections: int = 64
-    #: More, for requests to the listener's priority paths (the probes), at most the cap.
-    priority_connections: int = 8
-    #: From connect (or the last response) to a complete request head.
-    request_timeout_s: float = 5.0
-    #: One request's handler; past it the client gets a 503.
-    handler_timeout_s: float = 5.0
-    #: A connection's whole life, however busy: slow readers are cut off.
-    max_connection_s: float = 30.0
-    max_line_bytes: int = 4096
-    max_field_bytes: int = 4096
-    max_headers: int = 32
-    max_body_bytes: int = 1024
-    #: False: one request per connection ("Connection: close" on every response).
-    keep_alive: bool = False
-    #: Connections the kernel queues while the listener is at its cap (Linux caps it
-    #: at net.core.somaxconn): past it, new clients' SYNs are dropped and retried.
-    backlog: int = 1024
-
-
-PROBE_LIMITS: Final = ListenerLimits()
-#: The probes' paths: answered first, whatever else the port is asked.
-PROBE_PATHS: Final = ("/livez", "/healthz", "/readyz")
-
-
-def connection_cap(limits: ListenerLimits) -> int:
-    """``max_connections``, lowered to 1/8 of the soft file limit when that is smaller.
-
-    An eighth leaves room for a second listener and, above all, for the broker's own
-    connections to AWS, whatever the clients of these ports do.
-    """
-    if resource is None:
-        return limits.max_connections
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return limits.max_connections
-    return max(1, min(limits.max_connections, soft // 8))
-
-
-async def serve_http(
-    endpoints: HttpEndpoints,
-    host: str,
-    port: int,
-    *,
-    limits: ListenerLimits = PROBE_LIMITS,
-    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the probes and metrics until cancelled; reports the bound port.
-
-    ``OSError`` if the address can't be bound; nothing after that.
-    """
-    await serve_routes(
-        "health and metrics",
-        probe_routes(endpoints),
-        host,
-        port,
-        limits=limits,
-        priority_paths=PROBE_PATHS,
-        task_status=task_status,
-    )
-
-
-def probe_routes(endpoints: HttpEndpoints) -> list[web.RouteDef]:
-    metrics = _Cached(endpoints.metrics, METRICS_TTL_S)
-
-    async def livez(request: web.Request) -> web.Response:
-        return _health_response(endpoints.liveness())
-
-    async def readyz(request: web.Request) -> web.Response:
-        return _health_response(endpoints.readiness())
-
-    async def scrape(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.get(), headers={"Content-Type": _METRICS_TYPE})
-
-    # web.get also answers HEAD; aiohttp answers 405 to other methods, 404 elsewhere.
-    return [
-        web.get("/livez", livez),
-        web.get("/healthz", livez),
-        web.get("/readyz", readyz),
-        web.get("/metrics", scrape),
-    ]
-
-
-def _health_response(health: Health) -> web.Response:
-    body = orjson.dumps({"ok": health.ok, "checks": health.checks}) + b"\n"
-    return web.Response(
-        status=200 if health.ok else 503, body=body, content_type="application/json"
-    )
-
-
-class _Cached:
-    """The last rendering of ``render``, reused for ``ttl_s``.
-
-    Rendering stays on the event loop (the counters it reads are changed there), so a
-    flood of scrapes costs one rendering per interval, not one per request.
-    """
-
-    def __init__(self, render: Callable[[], bytes], ttl_s: float) -> None:
-        self._render = render
-        self._ttl_s = ttl_s
-        self._body = b""
-        self._expires = float("-inf")
-
-    def get(self) -> bytes:
-        now = time.monotonic()
-        if now >= self._expires:
-            self._body = self._render()
-            self._expires = time.monotonic() + self._ttl_s
-        return self._body
 
 
 async def serve_routes(
@@ -304,111 +163,6 @@ def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
     return sockets
 
 
-@dataclass(eq=False, slots=True)
-class _Connection:
-    sock: socket.socket
-    lane: _Lane
-    opened: float
-    #: Since when it waits for a request: its accept, or the end of its last request.
-    idle_since: float
-    transport: asyncio.Transport | None = None
-    #: Requests being handled now: a busy connection is never evicted.
-    busy: int = 0
-
-    @property
-    def closed(self) -> bool:
-        # The transport closes our socket object once the connection is really gone.
-        return self.sock.fileno() == -1
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()  # frees the descriptor on the next loop turn
-        else:
-            self.sock.close()
-
-
-class _Lane:
-    """Connections admitted under one limit, the one idle the longest first."""
-
-    __slots__ = ("limit", "open")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open: dict[_Connection, None] = {}
-
-    def make_room(self, now: float) -> bool:
-        """True when one more fits, if need be by closing the one idle the longest."""
-        if len(self.open) < self.limit:
-            return True
-        self.forget_closed()
-        if len(self.open) < self.limit:
-            return True
-        old_enough = now - _EVICT_AFTER_S
-        for connection in self.open:
-            if connection.idle_since > old_enough:
-                return False  # ordered by idle_since: the rest are younger still
-            if not connection.busy and connection.transport is not None:
-                del self.open[connection]
-                connection.abort()
-                return True
-        return False
-
-    def idle_again(self, connection: _Connection, now: float) -> None:
-        if connection in self.open:
-            connection.idle_since = now
-            del self.open[connection]  # last in the eviction order from now
-            self.open[connection] = None
-
-    def forget_closed(self) -> None:
-        # Rebuilt rather than edited in place: cheaper, and the order is kept.
-        self.open = {c: None for c in self.open if not c.closed}
-
-    def sweep(self, opened_before: float) -> None:
-        for connection in [c for c in self.open if c.opened < opened_before]:
-            del self.open[connection]
-            connection.abort()
-        self.forget_closed()
-
-    def abort_all(self) -> None:
-        for connection in self.open:
-            connection.abort()
-        self.open.clear()
-
-
-@dataclass(slots=True)
-class _Warnings:
-    """At most one log line per kind and interval."""
-
-    every_s: float
-    next_at: dict[str, float] = field(default_factory=dict)
-    suppressed: dict[str, int] = field(default_factory=dict)
-
-    def warn(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self.next_at.get(kind, float("-inf")):
-            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
-            return
-        self.next_at[kind] = now + self.every_s
-        more = self.suppressed.pop(kind, 0)
-        log.warning(message + (f" ({more} more since the last report)" if more else ""), *args)
-
-
-class _ClientErrorFilter(logging.Filter):
-    """aiohttp logs each malformed request as an error with a traceback; a client's
-    garbage is not the broker's error: one warning line per interval instead."""
-
-    def __init__(self, warnings: _Warnings, name: str) -> None:
-        super().__init__()
-        self._warnings = warnings
-        self._name = name
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        reason = f"{type(exc).__name__}: {exc}"[:200] if exc else record.getMessage()[:200]
-        self._warnings.warn("client", "%s: bad request refused (%s)", self._name, reason)
-        return False
-
-
 #: What a new connection's first bytes ask for: a priority path, anything else, nothing
 #: sent yet, or the client already gone.
 _Asks = Literal["priority", "other", "unknown", "gone"]
@@ -421,19 +175,19 @@ class _Listener:
         self.name = name
         self.limits = limits
         self.cap = connection_cap(limits)
-        self._normal = _Lane(self.cap)
+        self._normal = Lane(self.cap)
         #: Requests for these paths (probes) get slots of their own: a flood of other
         #: requests, or of idle connections, can't make them wait behind it.
         self._priority_paths = frozenset(path.encode() for path in priority_paths)
-        self._priority = _Lane(min(limits.priority_connections, self.cap))
-        self._by_transport: dict[asyncio.Transport, _Connection] = {}
+        self._priority = Lane(min(limits.priority_connections, self.cap))
+        self._by_transport: dict[asyncio.Transport, Connection] = {}
         #: Connections waiting for their first bytes before a lane is chosen.
         self._undecided: dict[socket.socket, anyio.CancelScope] = {}
-        self._warnings = _Warnings(_WARN_EVERY_S)
+        self._warnings = Warnings(_WARN_EVERY_S)
         # A logger of its own, outside the logging tree: aiohttp's reports of bad
         # requests go through the filter, which rewrites them as rate-limited warnings.
         self.client_errors = logging.Logger(f"broker.http.{name}")
-        self.client_errors.addFilter(_ClientErrorFilter(self._warnings, name))
+        self.client_errors.addFilter(ClientErrorFilter(self._warnings, name))
 
     @property
     def limit(self) -> int:
@@ -539,7 +293,7 @@ class _Listener:
     ) -> None:
         try:
             with scope:
-                with anyio.move_on_after(_EVICT_AFTER_S):
+                with anyio.move_on_after(EVICT_AFTER_S):
                     await anyio.wait_readable(conn)
                 asks = self._asks_for(conn)
                 self._place(conn, "other" if asks == "unknown" else asks, server, tasks)
@@ -569,7 +323,7 @@ class _Listener:
                 self.limit,
             )
             return
-        connection = _Connection(conn, lane, opened=now, idle_since=now)
+        connection = Connection(conn, lane, opened=now, idle_since=now)
         lane.open[connection] = None
         if len(self._by_transport) > 2 * self.limit:
             self._by_transport = {t: c for t, c in self._by_transport.items() if not c.closed}
@@ -593,7 +347,7 @@ class _Listener:
             return "priority"
         return "other"
 
-    async def _adopt(self, connection: _Connection, server: web.Server) -> None:
+    async def _adopt(self, connection: Connection, server: web.Server) -> None:
         """Hand an accepted socket to aiohttp."""
         loop = asyncio.get_running_loop()
         try:
