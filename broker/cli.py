@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from broker.activities.poller import lookup_activity, resolve_activity
 from broker.aws.clients import StartupRetry, describe_aws_error, open_clients
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
+from broker.core.loop import event_loop_options
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
@@ -32,7 +33,7 @@ from broker.observability.logs import configure_logging
 from broker.service import Broker, configuration_problems, resolve_queue
 from broker.sqs.redrive import redrive
 
-__all__ = ["event_loop_options", "main", "run_broker"]
+__all__ = ["main", "run_broker"]
 
 log = logging.getLogger("broker")
 
@@ -158,15 +159,6 @@ def _healthcheck(config: Path | None, *, ready: bool) -> int:
     except OSError as exc:
         print(f"broker: {url}: {exc}", file=sys.stderr)
     return 1
-
-
-def event_loop_options() -> dict[str, Any]:
-    """anyio backend options: uvloop when it is installed (the ``fast`` extra)."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
 
 
 def _run_async(func: Any, *args: Any) -> int:
