@@ -22,7 +22,7 @@ import anyio
 
 from broker.core.settings import BrokerSettings, QueueSettings
 from broker.local.demo_plan import Judgement, PlannedExecution, expected_for, judge
-from broker.local.demo_report import Progress, Snapshot
+from broker.local.demo_progress import Progress, Snapshot
 from broker.local.endpoint import AwsEndpoint
 from broker.local.executions import describe_execution, running_executions
 from broker.local.flows import SEED_HANDLERS, SeedFlows, queue_name, seed_queue_settings

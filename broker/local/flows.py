@@ -4,16 +4,17 @@ LocalStack (``python -m broker.local.localstack deploy``, tests/localstack).
 Three callback flows, each one SQS queue and one ``sqs:sendMessage.waitForTaskToken``
 state machine (seeds 000, 004 and 001), optionally a dead-letter queue per queue, and the
 activity flow (seed 003), which only LocalStack can run (moto has no GetActivityTask).
-``seed_queue_settings`` says how a deployment configures the broker for the queues.
+Their definitions are in ``local.definitions``; ``seed_queue_settings`` says how a
+deployment configures the broker for the queues.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from broker.local.definitions import activity_definition, callback_definitions
 from broker.local.endpoint import AwsEndpoint
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "SeedFlows",
     "deploy_activity_flow",
     "deploy_seed_flows",
+    "put_state_machine",
     "queue_name",
     "seed_queue_settings",
 ]
@@ -33,7 +35,6 @@ SEED_HANDLERS: Final = "handlers.seeds:router"
 FLOWS: Final = ("callback", "verification", "transactions")
 # Emulators accept any role; this one is only there because CreateStateMachine requires it.
 _ROLE_ARN: Final = "arn:aws:iam::123456789012:role/sfn-callback-broker-demo"
-_CALLBACK_RESOURCE: Final = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def deploy_seed_flows(
     }
     state_machines = {
         flow: put_state_machine(sfn, f"{prefix}-{flow}", json.dumps(definition))
-        for flow, definition in _definitions(queues).items()
+        for flow, definition in callback_definitions(queues).items()
     }
     return SeedFlows(queues, state_machines, dead_letters)
 
@@ -116,82 +117,6 @@ def seed_queue_settings(flows: SeedFlows) -> list[dict[str, Any]]:
             type_field=None,
         ),
     ]
-
-
-def _callback_task(
-    queue_url: str,
-    message_body: Mapping[str, str],
-    *,
-    message_type: str | None = None,
-) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": dict(message_body)}
-    if message_type is not None:
-        # moto's Step Functions engine forwards MessageAttributes to SQS (checked in
-        # tests/integration/test_emulator.py), so the type travels as an attribute, as
-        # it would on AWS, and the body stays the seed's {"input", "TaskToken"}.
-        parameters["MessageAttributes"] = {
-            "type": {"DataType": "String", "StringValue": message_type}
-        }
-    return {"Type": "Task", "Resource": _CALLBACK_RESOURCE, "Parameters": parameters}
-
-
-def _definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    transaction_body = {"input.$": "$", "TaskToken.$": "$$.Task.Token"}
-
-    def transaction(message_type: str) -> dict[str, Any]:
-        task = _callback_task(queues["transactions"], transaction_body, message_type=message_type)
-        return {**task, "End": True}
-
-    def choice(value: str, state: str) -> dict[str, str]:
-        return {"Variable": "$.TransactionType", "StringEquals": value, "Next": state}
-
-    return {
-        # seed 000: the plain callback example, token field `MyTaskToken`.
-        "callback": {
-            "Comment": "Callback flow: wait for a worker, then finish.",
-            "StartAt": "WaitForCallback",
-            "States": {
-                "WaitForCallback": {
-                    **_callback_task(
-                        queues["callback"], {"input.$": "$", "MyTaskToken.$": "$$.Task.Token"}
-                    ),
-                    "Next": "Done",
-                },
-                "Done": {"Type": "Pass", "End": True},
-            },
-        },
-        # seed 004 (CDK): payload under `Payload`, token under `TaskToken`.
-        "verification": {
-            "Comment": "Verification flow: a worker verifies the payload.",
-            "StartAt": "Verify",
-            "States": {
-                "Verify": {
-                    **_callback_task(
-                        queues["verification"], {"Payload.$": "$", "TaskToken.$": "$$.Task.Token"}
-                    ),
-                    "End": True,
-                },
-            },
-        },
-        # seed 001 as a callback flow: one queue, the message type as an SQS attribute.
-        # No Default branch, as in the seed: another type fails the execution
-        # (States.NoChoiceMatched on AWS, States.Runtime on moto).
-        "transactions": {
-            "Comment": "Transaction flow: route purchases and refunds to one queue.",
-            "StartAt": "ProcessTransaction",
-            "States": {
-                "ProcessTransaction": {
-                    "Type": "Choice",
-                    "Choices": [
-                        choice("PURCHASE", "ProcessPurchase"),
-                        choice("REFUND", "ProcessRefund"),
-                    ],
-                },
-                "ProcessPurchase": transaction("purchase"),
-                "ProcessRefund": transaction("refund"),
-            },
-        },
-    }
 
 
 def put_state_machine(sfn: Any, name: str, definition: str) -> str:
@@ -238,14 +163,6 @@ def deploy_activity_flow(
     sfn = aws.client("stepfunctions")
     # Both calls are idempotent, so deploying again is safe.
     activity_arn: str = sfn.create_activity(name=name)["activityArn"]
-    task: dict[str, Any] = {
-        "Type": "Task",
-        "Resource": activity_arn,
-        "TimeoutSeconds": timeout_s,
-        "End": True,
-    }
-    if heartbeat_s is not None:
-        task["HeartbeatSeconds"] = heartbeat_s
-    definition = {"StartAt": "TestActivity", "States": {"TestActivity": task}}
+    definition = activity_definition(activity_arn, heartbeat_s=heartbeat_s, timeout_s=timeout_s)
     machine_arn = put_state_machine(sfn, name, json.dumps(definition))
     return ActivityFlow(activity_arn=activity_arn, state_machine_arn=machine_arn)
