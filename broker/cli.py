@@ -26,6 +26,7 @@ from broker.activities.poller import lookup_activity, resolve_activity
 from broker.aws.clients import open_clients
 from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
+from broker.core.loop import event_loop_options
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
@@ -34,7 +35,7 @@ from broker.service import Broker, configuration_problems
 from broker.sqs.lookup import resolve_queue
 from broker.sqs.redrive import redrive
 
-__all__ = ["event_loop_options", "main", "run_broker"]
+__all__ = ["main", "run_broker"]
 
 log = logging.getLogger("broker")
 
@@ -160,15 +161,6 @@ def _healthcheck(config: Path | None, *, ready: bool) -> int:
     except OSError as exc:
         print(f"broker: {url}: {exc}", file=sys.stderr)
     return 1
-
-
-def event_loop_options() -> dict[str, Any]:
-    """anyio backend options: uvloop when it is installed (the ``fast`` extra)."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
 
 
 def _run_async(func: Any, *args: Any) -> int:

@@ -9,17 +9,8 @@ from typing import Any
 import anyio
 
 from broker import Broker, BrokerSettings, Router
-from broker.local.moto import AwsEndpoint, ExecutionResult, start_executions, wait_for_executions
-
-#: Variables that would send an SDK somewhere else than AWS_ENDPOINT_URL, or make it look
-#: for a profile that does not exist here.
-ENV_OVERRIDES = (
-    "AWS_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_SFN",
-    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-)
+from broker.local.endpoint import AwsEndpoint
+from broker.local.executions import ExecutionResult, start_executions, wait_for_executions
 
 
 @asynccontextmanager

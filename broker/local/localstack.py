@@ -1,13 +1,13 @@
 """LocalStack as a deployment target for the seed flows (``tests/localstack``, README).
 
 LocalStack runs outside this process (``make localstack``: host mode, no Docker).  This
-module only talks to it: ``localstack_health`` says whether it is up, ``LocalStackAws``
-gives the ``AwsEndpoint`` the seed-flow helpers of ``local.moto`` deploy to, and
-``deploy_activity_flow`` creates the activity seed's state machine, which moto cannot run
-(it has no GetActivityTask).
+module only talks to it: ``localstack_health`` says whether it is up, and
+``LocalStackAws`` is the ``AwsEndpoint`` that ``local.flows`` deploys the seed flows to
+(the activity flow included, which moto cannot run: it has no GetActivityTask).
 
 ``python -m broker.local.localstack deploy`` deploys every seed flow to LocalStack and prints
-the settings for ``broker run`` as ``export`` lines; ``python -m broker.local.localstack start
+the settings for ``broker run`` as ``export`` lines (each seed queue with its dead-letter
+queue, so the broker starts without a warning); ``python -m broker.local.localstack start
 FLOW INPUT`` runs one execution and prints how it ended (README, "Run against LocalStack").
 """
 
@@ -18,24 +18,24 @@ import json
 import os
 import shlex
 import sys
-import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.local.moto import (
-    _put_state_machine,
+from broker.local.endpoint import AwsEndpoint, EndpointClients
+from broker.local.env import endpoint_env
+from broker.local.executions import start_executions, wait_for_executions
+from broker.local.flows import (
+    SEED_HANDLERS,
+    deploy_activity_flow,
     deploy_seed_flows,
-    start_executions,
-    wait_for_executions,
+    seed_queue_settings,
 )
 
 __all__ = [
     "DEFAULT_ENDPOINT",
-    "ActivityFlow",
     "LocalStackAws",
-    "deploy_activity_flow",
+    "deploy_all",
     "localstack_endpoint",
     "localstack_health",
 ]
@@ -72,8 +72,7 @@ class LocalStackAws:
     def __init__(self, endpoint_url: str, *, region: str = "us-east-1") -> None:
         self._endpoint_url = endpoint_url
         self._region = region
-        self._botocore_session: Any = None
-        self._lock = threading.Lock()
+        self._clients = EndpointClients(_CREDENTIALS)
 
     @property
     def region(self) -> str:
@@ -84,83 +83,21 @@ class LocalStackAws:
         return self._endpoint_url
 
     def env(self) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self._endpoint_url,
-            "AWS_REGION": self._region,
-            "AWS_DEFAULT_REGION": self._region,
-            "AWS_ACCESS_KEY_ID": _CREDENTIALS,
-            "AWS_SECRET_ACCESS_KEY": _CREDENTIALS,
-        }
+        return endpoint_env(self._endpoint_url, region=self._region, credentials=_CREDENTIALS)
 
     def client(self, service: str) -> Any:
-        # As EmbeddedAws.client: one botocore session (its models are cached on it), cut
-        # loose from AWS_PROFILE; creating clients from one session is not thread-safe.
-        with self._lock:
-            if self._botocore_session is None:
-                import botocore.session
-
-                self._botocore_session = botocore.session.Session(
-                    session_vars={"profile": (None, None, None, None)}
-                )
-            return self._botocore_session.create_client(
-                service,
-                region_name=self._region,
-                endpoint_url=self._endpoint_url,
-                aws_access_key_id=_CREDENTIALS,
-                aws_secret_access_key=_CREDENTIALS,
-            )
+        return self._clients.create(service, region=self._region, endpoint_url=self._endpoint_url)
 
 
-@dataclass(frozen=True)
-class ActivityFlow:
-    activity_arn: str
-    state_machine_arn: str
-
-
-def deploy_activity_flow(
-    aws: LocalStackAws,
-    *,
-    name: str,
-    heartbeat_s: int | None = None,
-    timeout_s: int = 120,
-) -> ActivityFlow:
-    """The activity seed (003): one activity and a state machine with one Task on it.
-
-    ``heartbeat_s`` sets the task's ``HeartbeatSeconds``: a worker silent for longer
-    fails the execution with ``States.Timeout``.
-    """
-    sfn = aws.client("stepfunctions")
-    # Both calls are idempotent, so deploying again is safe.
-    activity_arn: str = sfn.create_activity(name=name)["activityArn"]
-    task: dict[str, Any] = {
-        "Type": "Task",
-        "Resource": activity_arn,
-        "TimeoutSeconds": timeout_s,
-        "End": True,
-    }
-    if heartbeat_s is not None:
-        task["HeartbeatSeconds"] = heartbeat_s
-    definition = {"StartAt": "TestActivity", "States": {"TestActivity": task}}
-    machine_arn = _put_state_machine(sfn, name, json.dumps(definition))
-    return ActivityFlow(activity_arn=activity_arn, state_machine_arn=machine_arn)
-
-
-def _deploy(aws: LocalStackAws) -> dict[str, str]:
-    """Every seed flow, under fixed names; the settings that serve them."""
-    flows = deploy_seed_flows(aws, prefix=_PREFIX)
+def deploy_all(aws: AwsEndpoint) -> dict[str, str]:
+    """Every seed flow, under fixed names; the settings that serve them (``deploy``)."""
+    flows = deploy_seed_flows(aws, prefix=_PREFIX, dead_letter_queues=True)
     deploy_activity_flow(aws, name=f"{_PREFIX}-activity", heartbeat_s=60)
-    # By name: the broker resolves them, as it would on AWS.
-    names = {flow: url.rsplit("/", 1)[-1] for flow, url in flows.queues.items()}
-    queues = [
-        {"name": names["callback"], "default_handler": "callback"},
-        {"name": names["verification"], "default_handler": "verify"},
-        {"name": names["transactions"]},
-    ]
     activities = [{"name": f"{_PREFIX}-activity", "handler": "verify"}]
     return {
         **aws.env(),
-        "BROKER_HANDLERS": json.dumps(["handlers.seeds:router"]),
-        "BROKER_QUEUES": json.dumps(queues),
+        "BROKER_HANDLERS": json.dumps([SEED_HANDLERS]),
+        "BROKER_QUEUES": json.dumps(seed_queue_settings(flows)),
         "BROKER_ACTIVITIES": json.dumps(activities),
     }
 
@@ -192,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     aws = LocalStackAws(endpoint)
     if args.command == "deploy":
-        for name, value in _deploy(aws).items():
+        for name, value in deploy_all(aws).items():
             print(f"export {name}={shlex.quote(value)}")
         return 0
     return _start(aws, args.flow, json.loads(args.input), args.timeout)

@@ -1,14 +1,12 @@
-"""An embedded AWS emulator for local runs and integration tests.
+"""The embedded AWS emulator: moto's ThreadedMotoServer on loopback, in this process.
 
-`EmbeddedAws` runs moto's `ThreadedMotoServer` on a loopback port inside the current
-process, with moto's Step Functions engine switched on so that state machines really
-execute. `deploy_seed_flows` creates the example callback flows (one SQS queue and one
-`sqs:sendMessage.waitForTaskToken` state machine per flow), and `start_executions` /
-`wait_for_executions` drive them. Used by `broker demo` and `tests/integration`.
+`EmbeddedAws` runs it on a 127.0.0.1 port with moto's Step Functions engine switched on,
+so that state machines really execute; ``local.flows`` deploys the seed flows to it and
+``local.executions`` drives them. Used by `broker demo` and `tests/integration`.
 
 moto is an optional dependency: `pip install 'sfn-callback-broker[local]'`.
 
-Known moto 5.2 behaviour this module works with:
+Known moto 5.2 behaviour the local tooling works with:
 
 - The Step Functions engine sends its SQS messages to `http://localhost:$MOTO_PORT`, a
   process-wide setting, so only one `EmbeddedAws` per process can run executions.
@@ -22,10 +20,8 @@ Known moto 5.2 behaviour this module works with:
   'callback_pool_manager'`) when one of them was started so recently that its worker
   thread has not built its environment yet. Completions racing with StartExecution hit it
   now and then; a retry succeeds.
-- DescribeExecution returns an output that is a JSON string bare, without its quotes
-  (`"ok"` comes back as `ok`), and leaves `output` out when it is JSON `null`. Such an
-  output is kept as the raw string; a string that looks like another JSON value (`"42"`)
-  cannot be told apart and comes back parsed (`42`).
+- DescribeExecution returns a JSON string output bare, without its quotes (see
+  ``local.executions``).
 """
 
 from __future__ import annotations
@@ -34,64 +30,30 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
+
+from broker.local.endpoint import EndpointClients
+from broker.local.env import endpoint_env
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer
 
-__all__ = [
-    "AwsEndpoint",
-    "EmbeddedAws",
-    "EmulatorUnavailable",
-    "ExecutionResult",
-    "SeedFlows",
-    "deploy_seed_flows",
-    "describe_execution",
-    "running_executions",
-    "start_executions",
-    "wait_for_executions",
-]
+__all__ = ["EmbeddedAws", "EmulatorUnavailable"]
 
 _INSTALL_HINT: Final = "pip install 'sfn-callback-broker[local]'"
-_ACCESS_KEY: Final = "testing"
-_SECRET_KEY: Final = "testing"  # noqa: S105 - moto accepts any credentials
-# moto accepts any role; this one is only there because CreateStateMachine requires it.
-_ROLE_ARN: Final = "arn:aws:iam::123456789012:role/sfn-callback-broker-demo"
+_CREDENTIALS: Final = "testing"  # moto accepts any credentials
 _SFN_CONFIG: Final[Mapping[str, Any]] = {"stepfunctions": {"execute_state_machine": True}}
 _READY_TIMEOUT_S: Final = 10.0
-_CALLBACK_RESOURCE: Final = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
-_TERMINAL_EVENT_DETAILS: Final = (
-    "executionFailedEventDetails",
-    "executionTimedOutEventDetails",
-    "executionAbortedEventDetails",
-)
-_NAME_MAX: Final = 80
-_NAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 # Loopback only: a proxy from the environment must never see emulator traffic.
 _LOOPBACK_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class AwsEndpoint(Protocol):
-    """Where the seed flows are deployed and driven: EmbeddedAws, or LocalStack
-    (``broker.local.localstack.LocalStackAws``)."""
-
-    @property
-    def region(self) -> str: ...
-    @property
-    def endpoint_url(self) -> str: ...
-    def client(self, service: str) -> Any: ...
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -110,8 +72,7 @@ class EmbeddedAws:
         self._port: int | None = None
         self._server: ThreadedMotoServer | None = None
         self._saved_moto_port: str | None = None
-        self._botocore_session: Any = None
-        self._client_lock = threading.Lock()
+        self._clients = EndpointClients(_CREDENTIALS)
 
     @property
     def port(self) -> int:
@@ -188,33 +149,10 @@ class EmbeddedAws:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": _ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": _SECRET_KEY,
-        }
+        return endpoint_env(self.endpoint_url, region=self.region, credentials=_CREDENTIALS)
 
     def client(self, service: str) -> Any:
-        # One botocore session per emulator: the service models it loads are cached on it.
-        # Its `profile` variable is cut loose from AWS_PROFILE, so a profile named in the
-        # environment but absent from ~/.aws cannot break a client that needs no profile.
-        # Clients are thread-safe; creating them from one botocore session is not.
-        with self._client_lock:
-            if self._botocore_session is None:
-                import botocore.session
-
-                self._botocore_session = botocore.session.Session(
-                    session_vars={"profile": (None, None, None, None)}
-                )
-            return self._botocore_session.create_client(
-                service,
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                aws_access_key_id=_ACCESS_KEY,
-                aws_secret_access_key=_SECRET_KEY,
-            )
+        return self._clients.create(service, region=self.region, endpoint_url=self.endpoint_url)
 
     def reset(self) -> None:
         # Reset keeps moto's global config today, but re-applying it does not depend on
@@ -274,269 +212,3 @@ def _quiet_moto_logs() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(level)
-
-
-# --- seed flows -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SeedFlows:
-    """What deploy_seed_flows created, by logical name: callback, verification, transactions."""
-
-    queues: dict[str, str]
-    state_machines: dict[str, str]
-
-
-def _callback_task(
-    queue_url: str,
-    message_body: Mapping[str, str],
-    *,
-    message_type: str | None = None,
-) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": dict(message_body)}
-    if message_type is not None:
-        # moto's Step Functions engine forwards MessageAttributes to SQS (checked in
-        # tests/integration/test_emulator.py), so the type travels as an attribute, as
-        # it would on AWS, and the body stays the seed's {"input", "TaskToken"}.
-        parameters["MessageAttributes"] = {
-            "type": {"DataType": "String", "StringValue": message_type}
-        }
-    return {"Type": "Task", "Resource": _CALLBACK_RESOURCE, "Parameters": parameters}
-
-
-def _seed_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    transaction_body = {"input.$": "$", "TaskToken.$": "$$.Task.Token"}
-    return {
-        # seed 000: the plain callback example, token field `MyTaskToken`.
-        "callback": {
-            "Comment": "Callback flow: wait for a worker, then finish.",
-            "StartAt": "WaitForCallback",
-            "States": {
-                "WaitForCallback": {
-                    **_callback_task(
-                        queues["callback"],
-                        {"input.$": "$", "MyTaskToken.$": "$$.Task.Token"},
-                    ),
-                    "Next": "Done",
-                },
-                "Done": {"Type": "Pass", "End": True},
-            },
-        },
-        # seed 004 (CDK): payload under `Payload`, token under `TaskToken`.
-        "verification": {
-            "Comment": "Verification flow: a worker verifies the payload.",
-            "StartAt": "Verify",
-            "States": {
-                "Verify": {
-                    **_callback_task(
-                        queues["verification"],
-                        {"Payload.$": "$", "TaskToken.$": "$$.Task.Token"},
-                    ),
-                    "End": True,
-                },
-            },
-        },
-        # seed 001 as a callback flow: one queue, the message type as an SQS attribute.
-        # No Default branch, as in the seed: another type fails the execution
-        # (States.NoChoiceMatched on AWS, States.Runtime on moto).
-        "transactions": {
-            "Comment": "Transaction flow: route purchases and refunds to one queue.",
-            "StartAt": "ProcessTransaction",
-            "States": {
-                "ProcessTransaction": {
-                    "Type": "Choice",
-                    "Choices": [
-                        {
-                            "Variable": "$.TransactionType",
-                            "StringEquals": "PURCHASE",
-                            "Next": "ProcessPurchase",
-                        },
-                        {
-                            "Variable": "$.TransactionType",
-                            "StringEquals": "REFUND",
-                            "Next": "ProcessRefund",
-                        },
-                    ],
-                },
-                "ProcessPurchase": {
-                    **_callback_task(
-                        queues["transactions"], transaction_body, message_type="purchase"
-                    ),
-                    "End": True,
-                },
-                "ProcessRefund": {
-                    **_callback_task(
-                        queues["transactions"], transaction_body, message_type="refund"
-                    ),
-                    "End": True,
-                },
-            },
-        },
-    }
-
-
-def deploy_seed_flows(aws: AwsEndpoint, *, prefix: str = "demo") -> SeedFlows:
-    """Create the seed queues and state machines, named f"{prefix}-<logical name>".
-
-    Safe to call again with the same prefix: existing queues are reused and existing state
-    machines get the current definition.
-    """
-    sqs = aws.client("sqs")
-    sfn = aws.client("stepfunctions")
-    logical_names = ("callback", "verification", "transactions")
-    queues = {
-        name: sqs.create_queue(
-            QueueName=f"{prefix}-{name}", Attributes={"VisibilityTimeout": "30"}
-        )["QueueUrl"]
-        for name in logical_names
-    }
-    state_machines: dict[str, str] = {}
-    for name, definition in _seed_definitions(queues).items():
-        state_machines[name] = _put_state_machine(sfn, f"{prefix}-{name}", json.dumps(definition))
-    return SeedFlows(queues=queues, state_machines=state_machines)
-
-
-def _put_state_machine(sfn: Any, name: str, definition: str) -> str:
-    try:
-        arn: str = sfn.create_state_machine(name=name, definition=definition, roleArn=_ROLE_ARN)[
-            "stateMachineArn"
-        ]
-    except sfn.exceptions.StateMachineAlreadyExists:
-        # AWS refuses a second create with another definition...
-        arn = next(
-            sm["stateMachineArn"]
-            for page in sfn.get_paginator("list_state_machines").paginate()
-            for sm in page["stateMachines"]
-            if sm["name"] == name
-        )
-    # ...while moto answers with the old machine unchanged: compare and update in both cases.
-    if sfn.describe_state_machine(stateMachineArn=arn)["definition"] != definition:
-        sfn.update_state_machine(stateMachineArn=arn, definition=definition, roleArn=_ROLE_ARN)
-    return arn
-
-
-# --- executions -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExecutionResult:
-    """An execution as last seen; `status` is still RUNNING if the wait timed out."""
-
-    arn: str
-    status: str
-    output: Any
-    error: str | None
-    cause: str | None
-    started_at: datetime
-    stopped_at: datetime | None
-
-
-def start_executions(
-    aws: AwsEndpoint,
-    state_machine_arn: str,
-    inputs: Sequence[Mapping[str, Any]],
-    *,
-    name_prefix: str,
-) -> list[str]:
-    """Start one execution per input; return their ARNs in input order.
-
-    Every execution gets a fresh name: moto (like AWS) treats a repeated name with the same
-    input as the same execution.
-    """
-    sfn = aws.client("stepfunctions")
-    run_id = uuid.uuid4().hex[:12]
-    arns: list[str] = []
-    for index, execution_input in enumerate(inputs):
-        suffix = f"-{run_id}-{index}"
-        name = _NAME_UNSAFE.sub("-", name_prefix)[: _NAME_MAX - len(suffix)] + suffix
-        response = sfn.start_execution(
-            stateMachineArn=state_machine_arn, name=name, input=json.dumps(execution_input)
-        )
-        arns.append(response["executionArn"])
-    return arns
-
-
-def wait_for_executions(
-    aws: AwsEndpoint,
-    execution_arns: Sequence[str],
-    *,
-    timeout_s: float,
-    poll_interval_s: float = 0.2,
-) -> dict[str, ExecutionResult]:
-    """Wait until none of the executions is RUNNING, or until timeout_s; describe them all.
-
-    While waiting, one ListExecutions(statusFilter=RUNNING) per state machine per poll
-    replaces a DescribeExecution per execution; each execution is described once at the end.
-    """
-    sfn = aws.client("stepfunctions")
-    by_machine: dict[str, set[str]] = {}
-    for arn in execution_arns:
-        by_machine.setdefault(_state_machine_arn(arn), set()).add(arn)
-    deadline = time.monotonic() + timeout_s
-    while by_machine:
-        for machine_arn in list(by_machine):
-            running = set(running_executions(sfn, machine_arn))
-            by_machine[machine_arn] &= running
-            if not by_machine[machine_arn]:
-                del by_machine[machine_arn]
-        if not by_machine or time.monotonic() >= deadline:
-            break
-        time.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))
-    return {arn: describe_execution(sfn, arn) for arn in dict.fromkeys(execution_arns)}
-
-
-def _state_machine_arn(execution_arn: str) -> str:
-    # arn:<partition>:states:<region>:<account>:execution:<machine>:<execution>
-    parts = execution_arn.split(":")
-    if len(parts) != 8 or parts[5] != "execution":
-        raise ValueError(f"not a standard execution ARN: {execution_arn!r}")
-    return ":".join([*parts[:5], "stateMachine", parts[6]])
-
-
-def running_executions(sfn: Any, machine_arn: str) -> Iterator[str]:
-    paginator = sfn.get_paginator("list_executions")
-    for page in paginator.paginate(stateMachineArn=machine_arn, statusFilter="RUNNING"):
-        for execution in page["executions"]:
-            yield execution["executionArn"]
-
-
-def describe_execution(sfn: Any, arn: str) -> ExecutionResult:
-    described = sfn.describe_execution(executionArn=arn)
-    status: str = described["status"]
-    error: str | None = described.get("error")
-    cause: str | None = described.get("cause")
-    if status in {"FAILED", "TIMED_OUT", "ABORTED"} and error is None and cause is None:
-        error, cause = _terminal_error(sfn, arn)
-    return ExecutionResult(
-        arn=arn,
-        status=status,
-        output=_parse_output(described.get("output")),
-        error=error,
-        cause=cause,
-        started_at=described["startDate"],
-        stopped_at=described.get("stopDate"),
-    )
-
-
-def _parse_output(raw_output: str | None) -> Any:
-    if raw_output is None:
-        return None
-    try:
-        return json.loads(raw_output)
-    except ValueError:
-        # moto's bare JSON string (see the module docstring): the raw text is the value.
-        return raw_output
-
-
-def _terminal_error(sfn: Any, arn: str) -> tuple[str | None, str | None]:
-    # DescribeExecution normally carries error and cause; the last history event is the
-    # fallback for emulators that leave them out there.
-    # reverseOrder puts the terminal event on the first page on AWS; moto ignores it and
-    # answers all events at once, so the whole page is searched.
-    events = sfn.get_execution_history(executionArn=arn, reverseOrder=True)
-    for event in events["events"]:
-        for key in _TERMINAL_EVENT_DETAILS:
-            if key in event:
-                details = event[key]
-                return details.get("error"), details.get("cause")
-    return None, None

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.local.moto import EmbeddedAws, SeedFlows, deploy_seed_flows
-from tests.flows import ENV_OVERRIDES
+from broker.local.env import AWS_OVERRIDES
+from broker.local.flows import SeedFlows, deploy_seed_flows
+from broker.local.moto import EmbeddedAws
 
 _HERE = Path(__file__).parent
 
@@ -38,7 +39,7 @@ def seed_flows(aws: EmbeddedAws, request: pytest.FixtureRequest) -> SeedFlows:
 
 @pytest.fixture
 def aws_env(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in ENV_OVERRIDES:
+    for name in AWS_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     env = aws.env()
     for name, value in env.items():

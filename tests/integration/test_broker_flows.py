@@ -14,12 +14,9 @@ import anyio
 import pytest
 
 from broker import BrokerSettings, QueueSettings, Router, Task, TaskFailed
-from broker.local.moto import (
-    EmbeddedAws,
-    SeedFlows,
-    start_executions,
-    wait_for_executions,
-)
+from broker.local.executions import start_executions, wait_for_executions
+from broker.local.flows import SeedFlows
+from broker.local.moto import EmbeddedAws
 from handlers.seeds import router as seed_router
 from tests.flows import assert_queues_drained, run_executions, running
 

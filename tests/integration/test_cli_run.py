@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from broker.local.moto import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
+from broker.local.executions import start_executions, wait_for_executions
+from broker.local.flows import SeedFlows
+from broker.local.moto import EmbeddedAws
 from tests.cli import clean_env, run_cli
 
 

@@ -13,19 +13,18 @@ from typing import Any
 
 import pytest
 
-from broker.local.demo import (
+from broker.local.demo import run_demo
+from broker.local.demo_plan import (
     Case,
     Judgement,
     PlannedExecution,
     Verdict,
-    exit_code,
     expected_for,
     judge,
     plan_executions,
-    run_demo,
-    summary_table,
 )
-from broker.local.moto import ExecutionResult
+from broker.local.demo_report import exit_code, summary_table
+from broker.local.executions import ExecutionResult
 from tests.cli import clean_env
 
 _COLUMNS = ["executions", "succeeded", "failed as expected", "unexpected", "stuck"]

@@ -22,14 +22,10 @@ import botocore.session
 import pytest
 from botocore.exceptions import ClientError
 
-from broker.local.moto import (
-    EmbeddedAws,
-    EmulatorUnavailable,
-    SeedFlows,
-    deploy_seed_flows,
-    start_executions,
-    wait_for_executions,
-)
+from broker.local.executions import start_executions, wait_for_executions
+from broker.local.flows import SeedFlows, deploy_seed_flows, seed_queue_settings
+from broker.local.localstack import deploy_all
+from broker.local.moto import EmbeddedAws, EmulatorUnavailable
 
 
 @dataclass(frozen=True)
@@ -166,6 +162,44 @@ def test_deploy_is_idempotent(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:
         assert attributes["VisibilityTimeout"] == "30"
         assert "FifoQueue" not in attributes
     assert sorted(seed_flows.state_machines) == ["callback", "transactions", "verification"]
+
+
+def test_deploy_with_dead_letter_queues_gives_each_queue_one(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    prefix = seed_flows.queues["callback"].rsplit("/", 1)[1].removesuffix("-callback")
+    flows = deploy_seed_flows(aws, prefix=prefix, dead_letter_queues=True)
+    assert (flows.queues, flows.state_machines) == (seed_flows.queues, seed_flows.state_machines)
+    assert deploy_seed_flows(aws, prefix=prefix, dead_letter_queues=True) == flows
+    sqs = aws.client("sqs")
+    assert sorted(flows.dead_letter_queues) == sorted(flows.queues)
+    for flow, url in flows.dead_letter_queues.items():
+        assert url == flows.queues[flow] + "-dlq"
+        assert sqs.get_queue_url(QueueName=url.rsplit("/", 1)[1])["QueueUrl"] == url
+    rows = seed_queue_settings(flows)
+    assert [row["dead_letter_queue"] for row in rows] == [
+        url.rsplit("/", 1)[1] for url in flows.dead_letter_queues.values()
+    ]
+    # Without dead-letter queues the settings name none.
+    assert all("dead_letter_queue" not in row for row in seed_queue_settings(seed_flows))
+
+
+def test_the_localstack_deploy_names_a_dead_letter_queue_for_every_queue(
+    aws: EmbeddedAws, seed_flows: SeedFlows
+) -> None:
+    # deploy_all only needs an endpoint: run here, it shows what `deploy` exports. A queue
+    # without one makes `broker run` warn at every start.
+    exported = deploy_all(aws)
+    queues = json.loads(exported["BROKER_QUEUES"])
+    assert [queue["name"] for queue in queues] == [
+        "local-callback",
+        "local-verification",
+        "local-transactions",
+    ]
+    sqs = aws.client("sqs")
+    for queue in queues:
+        assert queue["dead_letter_queue"] == queue["name"] + "-dlq"
+        sqs.get_queue_url(QueueName=queue["dead_letter_queue"])
 
 
 def test_executions_get_unique_names(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:
@@ -356,6 +390,26 @@ def test_aws_env_lets_a_default_client_reach_the_emulator(
     aws_env: dict[str, str], seed_flows: SeedFlows
 ) -> None:
     # Endpoint, region and credentials all from the environment, as in a broker process.
+    sqs: Any = botocore.session.get_session().create_client("sqs")
+    assert sqs.meta.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
+    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(seed_flows.queues.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AWS_PROFILE", "no-such-profile"),
+        ("AWS_DEFAULT_PROFILE", "no-such-profile"),
+        ("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:9"),
+    ],
+)
+def test_aws_env_clears_the_users_own_aws_setup(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    # Set before aws_env applies broker.local.env.AWS_OVERRIDES, as a user's shell would.
+    monkeypatch.setenv(name, value)
+    aws_env: dict[str, str] = request.getfixturevalue("aws_env")
+    seed_flows: SeedFlows = request.getfixturevalue("seed_flows")
     sqs: Any = botocore.session.get_session().create_client("sqs")
     assert sqs.meta.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
     assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(seed_flows.queues.values())

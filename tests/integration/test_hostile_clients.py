@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.local.moto import EmbeddedAws, SeedFlows, start_executions, wait_for_executions
+from broker.local.executions import start_executions, wait_for_executions
+from broker.local.flows import SeedFlows
+from broker.local.moto import EmbeddedAws
 from tests.cli import clean_env
 from tests.hostile import Probe, idle_connections, probe, probe_for, start_flood
 

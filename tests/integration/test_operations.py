@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from broker import Broker, QueueSettings, Router, Task, TaskFailed
-from broker.local.moto import EmbeddedAws, SeedFlows
+from broker.local.flows import SeedFlows
+from broker.local.moto import EmbeddedAws
 from tests.flows import run_executions
 from tests.observing import http_get, json_logs, samples
 

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from broker import BrokerSettings, QueueSettings, Router, Task
-from broker.local.moto import EmbeddedAws, SeedFlows
+from broker.local.flows import SeedFlows
+from broker.local.moto import EmbeddedAws
 from broker.observability.logs import configure_logging
 from tests.flows import run_executions, running
 from tests.observing import json_logs

@@ -15,7 +15,8 @@ import pytest
 
 from broker import BrokerSettings, Outcome, QueueNotFound, QueueSettings, Router
 from broker.aws.clients import open_clients
-from broker.local.moto import EmbeddedAws, SeedFlows
+from broker.local.flows import SeedFlows
+from broker.local.moto import EmbeddedAws
 from broker.sqs.redrive import redrive
 from tests.flows import queue_depth, run_executions, running
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.local.env import AWS_OVERRIDES
+from broker.local.flows import SeedFlows, deploy_seed_flows
 from broker.local.localstack import LocalStackAws, localstack_endpoint, localstack_health
-from broker.local.moto import SeedFlows, deploy_seed_flows
-from tests.flows import ENV_OVERRIDES
 
 _HERE = Path(__file__).parent
 
@@ -66,7 +66,7 @@ def seed_flows(localstack: LocalStackAws, unique: str) -> SeedFlows:
 
 @pytest.fixture(autouse=True)
 def localstack_env(localstack: LocalStackAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in ENV_OVERRIDES:
+    for name in AWS_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     env = localstack.env()
     for name, value in env.items():

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.local.localstack import LocalStackAws, deploy_activity_flow
-from broker.local.moto import start_executions, wait_for_executions
+from broker.local.executions import start_executions, wait_for_executions
+from broker.local.flows import deploy_activity_flow
+from broker.local.localstack import LocalStackAws
 from tests.cli import clean_env
 
 from .broker_process import broker_process, wait_until

@@ -13,8 +13,9 @@ import anyio
 import pytest
 
 from broker import ActivitySettings, BrokerSettings, QueueSettings
-from broker.local.localstack import LocalStackAws, deploy_activity_flow
-from broker.local.moto import ExecutionResult, SeedFlows
+from broker.local.executions import ExecutionResult
+from broker.local.flows import SeedFlows, deploy_activity_flow
+from broker.local.localstack import LocalStackAws
 from handlers.seeds import router as seed_router
 from tests.flows import assert_queues_drained, run_executions, running
 

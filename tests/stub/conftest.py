@@ -11,20 +11,12 @@ import pytest
 from aiobotocore.config import AioConfig
 
 from bench.awsstub import StubControl, StubServer
-
-# Variables that would send an SDK elsewhere than the endpoint we give it.
-_ENV_OVERRIDES = (
-    "AWS_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_SFN",
-)
+from broker.local.env import AWS_OVERRIDES
 
 
 @pytest.fixture(autouse=True)
 def _dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in _ENV_OVERRIDES:
+    for name in AWS_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")

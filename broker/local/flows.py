@@ -1,0 +1,168 @@
+"""The seed flows, defined once: deployed to moto (the demo, tests/integration) and to
+LocalStack (``python -m broker.local.localstack deploy``, tests/localstack).
+
+Three callback flows, each one SQS queue and one ``sqs:sendMessage.waitForTaskToken``
+state machine (seeds 000, 004 and 001), optionally a dead-letter queue per queue, and the
+activity flow (seed 003), which only LocalStack can run (moto has no GetActivityTask).
+Their definitions are in ``local.definitions``; ``seed_queue_settings`` says how a
+deployment configures the broker for the queues.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from broker.local.definitions import activity_definition, callback_definitions
+from broker.local.endpoint import AwsEndpoint
+
+__all__ = [
+    "FLOWS",
+    "SEED_HANDLERS",
+    "ActivityFlow",
+    "SeedFlows",
+    "deploy_activity_flow",
+    "deploy_seed_flows",
+    "put_state_machine",
+    "queue_name",
+    "seed_queue_settings",
+]
+
+#: The seed handlers, as ``BROKER_HANDLERS`` names them.
+SEED_HANDLERS: Final = "handlers.seeds:router"
+#: The callback flows, by logical name.
+FLOWS: Final = ("callback", "verification", "transactions")
+# Emulators accept any role; this one is only there because CreateStateMachine requires it.
+_ROLE_ARN: Final = "arn:aws:iam::123456789012:role/sfn-callback-broker-demo"
+
+
+@dataclass(frozen=True)
+class SeedFlows:
+    """What deploy_seed_flows created, by flow: queue URLs, state machine ARNs, and the
+    dead-letter queue URLs (empty unless asked for)."""
+
+    queues: dict[str, str]
+    state_machines: dict[str, str]
+    dead_letter_queues: dict[str, str] = field(default_factory=dict)
+
+
+def queue_name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def deploy_seed_flows(
+    aws: AwsEndpoint, *, prefix: str = "demo", dead_letter_queues: bool = False
+) -> SeedFlows:
+    """Create the seed queues and state machines, named f"{prefix}-<flow>", and with
+    ``dead_letter_queues`` one f"{prefix}-<flow>-dlq" per queue.
+
+    Safe to call again with the same prefix: existing queues are reused and existing state
+    machines get the current definition.
+    """
+    sqs = aws.client("sqs")
+    sfn = aws.client("stepfunctions")
+    queues = {
+        flow: sqs.create_queue(
+            QueueName=f"{prefix}-{flow}", Attributes={"VisibilityTimeout": "30"}
+        )["QueueUrl"]
+        for flow in FLOWS
+    }
+    dead_letters = {
+        flow: sqs.create_queue(QueueName=f"{queue_name(url)}-dlq")["QueueUrl"]
+        for flow, url in queues.items()
+        if dead_letter_queues
+    }
+    state_machines = {
+        flow: put_state_machine(sfn, f"{prefix}-{flow}", json.dumps(definition))
+        for flow, definition in callback_definitions(queues).items()
+    }
+    return SeedFlows(queues, state_machines, dead_letters)
+
+
+def seed_queue_settings(flows: SeedFlows) -> list[dict[str, Any]]:
+    """The broker's queue settings for the seed flows (``BROKER_QUEUES`` rows), by name as
+    on AWS; each with its dead-letter queue when the flows have them."""
+
+    def queue(flow: str, **options: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": queue_name(flows.queues[flow]), **options}
+        if flow in flows.dead_letter_queues:
+            row["dead_letter_queue"] = queue_name(flows.dead_letter_queues[flow])
+        return row
+
+    untyped = {"type_attribute": None, "type_field": None}
+    return [
+        # seed 000: {"input", "MyTaskToken"}; one handler for the whole queue.
+        queue(
+            "callback",
+            token_fields=["MyTaskToken"],
+            payload_fields=["input"],
+            default_handler="callback",
+            **untyped,
+        ),
+        # seed 004: {"Payload", "TaskToken"}.
+        queue(
+            "verification",
+            token_fields=["TaskToken"],
+            payload_fields=["Payload"],
+            default_handler="verify",
+            **untyped,
+        ),
+        # seed 001: purchases and refunds share a queue; the `type` attribute routes.
+        queue(
+            "transactions",
+            token_fields=["TaskToken"],
+            payload_fields=["input"],
+            type_attribute="type",
+            type_field=None,
+        ),
+    ]
+
+
+def put_state_machine(sfn: Any, name: str, definition: str) -> str:
+    """Create the state machine, or give the existing one this definition; its ARN."""
+    try:
+        arn: str = sfn.create_state_machine(name=name, definition=definition, roleArn=_ROLE_ARN)[
+            "stateMachineArn"
+        ]
+    except sfn.exceptions.StateMachineAlreadyExists:
+        # AWS refuses a second create with another definition...
+        arn = next(
+            sm["stateMachineArn"]
+            for page in sfn.get_paginator("list_state_machines").paginate()
+            for sm in page["stateMachines"]
+            if sm["name"] == name
+        )
+    # ...while moto answers with the old machine unchanged: compare and update in both cases.
+    if sfn.describe_state_machine(stateMachineArn=arn)["definition"] != definition:
+        sfn.update_state_machine(stateMachineArn=arn, definition=definition, roleArn=_ROLE_ARN)
+    return arn
+
+
+# --- the activity flow (seed 003) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivityFlow:
+    activity_arn: str
+    state_machine_arn: str
+
+
+def deploy_activity_flow(
+    aws: AwsEndpoint,
+    *,
+    name: str,
+    heartbeat_s: int | None = None,
+    timeout_s: int = 120,
+) -> ActivityFlow:
+    """One activity and a state machine with one Task on it, both called ``name``.
+
+    ``heartbeat_s`` sets the task's ``HeartbeatSeconds``: a worker silent for longer
+    fails the execution with ``States.Timeout``.
+    """
+    sfn = aws.client("stepfunctions")
+    # Both calls are idempotent, so deploying again is safe.
+    activity_arn: str = sfn.create_activity(name=name)["activityArn"]
+    definition = activity_definition(activity_arn, heartbeat_s=heartbeat_s, timeout_s=timeout_s)
+    machine_arn = put_state_machine(sfn, name, json.dumps(definition))
+    return ActivityFlow(activity_arn=activity_arn, state_machine_arn=machine_arn)
