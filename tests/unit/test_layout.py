@@ -177,11 +177,6 @@ def test_no_import_cycles_among_the_modules_of_broker() -> None:
     assert not found, "import cycles: " + " | ".join(_described(graph, g) for g in found)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 11: cli and local.demo import each other (demo inside a function); the "
-    "local/ rework removes that, then the integrator makes this strict",
-)
 def test_no_import_cycles_even_through_imports_inside_functions() -> None:
     # A lazy import breaks a cycle at load time but not in the design: two modules that
     # need each other are one module, or a third one is missing.
