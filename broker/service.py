@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Final
 
 import anyio
@@ -28,15 +27,18 @@ from broker.activities.processor import ActivityTaskProcessor
 from broker.aws.clients import AwsClients, SqsApi, StartupRetry, open_clients
 from broker.aws.instrument import instrument
 from broker.core.completer import Completer
-from broker.core.errors import ConfigError, QueueNotFound
+from broker.core.errors import ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
+from broker.core.step import Step
 from broker.observability.http import Health, HttpEndpoints, serve_http
 from broker.observability.metrics import BrokerGauges, MetricsCollector, render_metrics
 from broker.observability.stats import LAG_PROBE_S, LAG_WINDOW_S, Outcome, Stats
 from broker.observability.tracing import Tracer
 from broker.sqs.consumer import QueueConsumer
 from broker.sqs.deleter import DeleteBatcher
+from broker.sqs.delivery import SqsQueue
+from broker.sqs.lookup import ResolvedQueue, resolve_queue, resolve_queue_url
 from broker.sqs.message import QueueRuntime
 from broker.sqs.processor import MessageProcessor, ProcessingDefaults
 
@@ -136,22 +138,25 @@ class Broker:
                 burst=settings.completion_burst,
                 max_attempts=settings.completion_max_attempts,
             )
+            # One step from handler to confirmation for every source.
+            step = Step(
+                completer,
+                self.stats,
+                handler_timeout_s=settings.handler_timeout_s,
+                tracer=self.tracer,
+            )
             processor = MessageProcessor(
                 self.router,
-                completer,
-                clients.sqs,
-                self.stats,
+                step,
                 ProcessingDefaults(
                     max_attempts=settings.max_attempts,
-                    handler_timeout_s=settings.handler_timeout_s,
                     retry_base_delay_s=settings.retry_base_delay_s,
                     retry_max_delay_s=settings.retry_max_delay_s,
                 ),
-                self.tracer,
             )
             total_slots = anyio.CapacityLimiter(settings.concurrency)
             self.consumers = [
-                QueueConsumer(q, clients.sqs, processor, total_slots=total_slots, stats=self.stats)
+                QueueConsumer(q, processor, total_slots=total_slots, stats=self.stats)
                 for q in queues
             ]
             self.activity_pollers = await self._activity_pollers(
@@ -256,9 +261,7 @@ class Broker:
             ]
         return pollers
 
-    async def _open_queue(
-        self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry
-    ) -> QueueRuntime:
+    async def _open_queue(self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry) -> SqsQueue:
         found = await resolve_queue(sqs, queue, retry)
         url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
         if dead_letter_url is None:
@@ -269,14 +272,19 @@ class Broker:
                 queue.name,
                 redrive,
             )
-        return QueueRuntime(
+        runtime = QueueRuntime(
             settings=queue,
             url=url,
             spec=queue.envelope_spec(),
-            deleter=DeleteBatcher(sqs, url, linger_s=self.settings.delete_linger_s),
             dead_letter_url=dead_letter_url,
             visibility_timeout_s=int(attributes.get("VisibilityTimeout", 30)),
             fifo=attributes.get("FifoQueue") == "true",
+        )
+        return SqsQueue(
+            runtime,
+            sqs,
+            DeleteBatcher(sqs, url, linger_s=self.settings.delete_linger_s),
+            park_s=int(self.settings.retry_max_delay_s),
         )
 
     # -- health and metrics
@@ -367,66 +375,3 @@ def configuration_problems(settings: BrokerSettings, router: Router) -> list[Con
             ConfigError(f"{ENV_PREFIX}QUEUES: no queue configured (and no {ENV_PREFIX}ACTIVITIES)")
         )
     return problems + activity_route_problems(settings.activities, router)
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedQueue:
-    """A configured queue as found at start-up."""
-
-    url: str
-    attributes: dict[str, str]
-    dead_letter_url: str | None
-
-
-async def resolve_queue(sqs: SqsApi, queue: QueueSettings, retry: StartupRetry) -> ResolvedQueue:
-    """Find a queue and its dead-letter queue, as ``run`` does (``check`` reuses this)."""
-    url = await resolve_queue_url(sqs, queue.name, retry=retry)
-    attributes = await _queue_attributes(sqs, url, f"queue {queue.name!r}", retry)
-    dead_letter_url = None
-    if queue.dead_letter_queue:
-        subject = f"dead-letter queue {queue.dead_letter_queue!r} (of queue {queue.name!r})"
-        dead_letter_url = await resolve_queue_url(
-            sqs, queue.dead_letter_queue, retry=retry, subject=subject
-        )
-        if dead_letter_url == queue.dead_letter_queue:
-            # Given as a URL, nothing looked it up yet: a typo would surface only at the
-            # first poison message, as a copy that cannot be made.
-            await _queue_attributes(sqs, dead_letter_url, subject, retry)
-    return ResolvedQueue(url, attributes, dead_letter_url)
-
-
-async def resolve_queue_url(
-    sqs: SqsApi,
-    name_or_url: str,
-    *,
-    retry: StartupRetry | None = None,
-    subject: str | None = None,
-) -> str:
-    """A queue URL from a queue name or URL.  ``QueueNotFound`` if it does not exist.
-
-    Transient errors are retried under ``retry`` (a fresh default budget if none);
-    every other failure is a one-line ``StartupError`` naming the queue (or ``subject``).
-    """
-    if name_or_url.startswith(("https://", "http://")):
-        return name_or_url
-    response = await (retry or StartupRetry()).call(
-        lambda: sqs.get_queue_url(QueueName=name_or_url),
-        subject=subject or f"queue {name_or_url!r}",
-        api="GetQueueUrl",
-        client=sqs,
-        not_found=QueueNotFound,
-    )
-    return str(response["QueueUrl"])
-
-
-async def _queue_attributes(
-    sqs: SqsApi, url: str, subject: str, retry: StartupRetry
-) -> dict[str, str]:
-    response = await retry.call(
-        lambda: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]),
-        subject=subject,
-        api="GetQueueAttributes",
-        client=sqs,
-        not_found=QueueNotFound,
-    )
-    return dict(response.get("Attributes", {}))
