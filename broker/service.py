@@ -159,9 +159,7 @@ class Broker:
                 QueueConsumer(q, processor, total_slots=total_slots, stats=self.stats)
                 for q in queues
             ]
-            self.activity_pollers = await self._activity_pollers(
-                clients, completer, total_slots, retry
-            )
+            self.activity_pollers = await self._activity_pollers(clients, step, total_slots, retry)
             async with anyio.create_task_group() as root:
                 for queue in queues:
                     await root.start(queue.deleter.run)
@@ -236,16 +234,11 @@ class Broker:
     async def _activity_pollers(
         self,
         clients: AwsClients,
-        completer: Completer,
+        step: Step,
         total_slots: anyio.CapacityLimiter,
         retry: StartupRetry,
     ) -> list[ActivityPoller]:
-        processor = ActivityTaskProcessor(
-            self.router,
-            completer,
-            self.stats,
-            handler_timeout_s=self.settings.handler_timeout_s,
-        )
+        processor = ActivityTaskProcessor(self.router, step, self.stats)
         pollers = []
         for settings in self.settings.activities:
             activity = await resolve_activity(clients.sfn, settings, retry=retry)
