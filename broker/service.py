@@ -31,12 +31,14 @@ from broker.core.completer import Completer
 from broker.core.errors import ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
+from broker.core.step import Step
 from broker.observability.health import BrokerHealth
 from broker.observability.probes import Health
 from broker.observability.stats import Outcome, Stats
 from broker.observability.tracing import Tracer
 from broker.sqs.consumer import QueueConsumer
 from broker.sqs.deleter import DeleteBatcher
+from broker.sqs.delivery import SqsQueue
 from broker.sqs.lookup import resolve_queue
 from broker.sqs.message import QueueRuntime
 from broker.sqs.processor import MessageProcessor, ProcessingDefaults
@@ -144,27 +146,28 @@ class Broker:
                 burst=settings.completion_burst,
                 max_attempts=settings.completion_max_attempts,
             )
+            # One step from handler to confirmation for every source.
+            step = Step(
+                completer,
+                self.stats,
+                handler_timeout_s=settings.handler_timeout_s,
+                tracer=self.tracer,
+            )
             processor = MessageProcessor(
                 self.router,
-                completer,
-                clients.sqs,
-                self.stats,
+                step,
                 ProcessingDefaults(
                     max_attempts=settings.max_attempts,
-                    handler_timeout_s=settings.handler_timeout_s,
                     retry_base_delay_s=settings.retry_base_delay_s,
                     retry_max_delay_s=settings.retry_max_delay_s,
                 ),
-                self.tracer,
             )
             total_slots = anyio.CapacityLimiter(settings.concurrency)
             self.consumers = [
-                QueueConsumer(q, clients.sqs, processor, total_slots=total_slots, stats=self.stats)
+                QueueConsumer(q, processor, total_slots=total_slots, stats=self.stats)
                 for q in queues
             ]
-            self.activity_pollers = await self._activity_pollers(
-                clients, completer, total_slots, retry
-            )
+            self.activity_pollers = await self._activity_pollers(clients, step, total_slots, retry)
             async with anyio.create_task_group() as root:
                 for queue in queues:
                     await root.start(queue.deleter.run)
@@ -239,16 +242,11 @@ class Broker:
     async def _activity_pollers(
         self,
         clients: AwsClients,
-        completer: Completer,
+        step: Step,
         total_slots: anyio.CapacityLimiter,
         retry: StartupRetry,
     ) -> list[ActivityPoller]:
-        processor = ActivityTaskProcessor(
-            self.router,
-            completer,
-            self.stats,
-            handler_timeout_s=self.settings.handler_timeout_s,
-        )
+        processor = ActivityTaskProcessor(self.router, step, self.stats)
         pollers = []
         for settings in self.settings.activities:
             activity = await resolve_activity(clients.sfn, settings, retry=retry)
@@ -264,9 +262,7 @@ class Broker:
             ]
         return pollers
 
-    async def _open_queue(
-        self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry
-    ) -> QueueRuntime:
+    async def _open_queue(self, sqs: SqsApi, queue: QueueSettings, retry: StartupRetry) -> SqsQueue:
         found = await resolve_queue(sqs, queue, retry)
         url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
         if dead_letter_url is None:
@@ -277,14 +273,19 @@ class Broker:
                 queue.name,
                 redrive,
             )
-        return QueueRuntime(
+        runtime = QueueRuntime(
             settings=queue,
             url=url,
             spec=queue.envelope_spec(),
-            deleter=DeleteBatcher(sqs, url, linger_s=self.settings.delete_linger_s),
             dead_letter_url=dead_letter_url,
             visibility_timeout_s=int(attributes.get("VisibilityTimeout", 30)),
             fifo=attributes.get("FifoQueue") == "true",
+        )
+        return SqsQueue(
+            runtime,
+            sqs,
+            DeleteBatcher(sqs, url, linger_s=self.settings.delete_linger_s),
+            park_s=int(self.settings.retry_max_delay_s),
         )
 
     def _summary(self) -> str:

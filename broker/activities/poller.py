@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import socket
 from collections.abc import Mapping
 from typing import Any, Final
@@ -24,12 +23,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker.activities.processor import ActivityRuntime, ActivityTaskProcessor
-from broker.aws.errors import classify, error_code
 from broker.aws.protocols import SfnApi
 from broker.aws.startup import StartupRetry
 from broker.core.errors import ActivityNotFound, ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, ActivitySettings
+from broker.core.slots import PollBackoff, Slot
 from broker.observability.redact import token_ref
 from broker.observability.stats import Stats
 
@@ -43,14 +42,7 @@ __all__ = [
 
 log = logging.getLogger("broker.activities")
 
-_ERROR_BACKOFF_MAX_S: Final = 30.0
 _WORKER_NAME_MAX: Final = 80
-
-
-class _Slot:
-    """A borrower token: one handler slot, held from the poll until the task settles."""
-
-    __slots__ = ()
 
 
 def activity_route_problems(
@@ -160,6 +152,7 @@ class ActivityPoller:
         self._stopping = False
         self._polling = False
         self._scope: anyio.CancelScope | None = None
+        self._backoff = PollBackoff("GetActivityTask", activity.name, log)
 
     @property
     def in_flight(self) -> int:
@@ -180,21 +173,21 @@ class ActivityPoller:
     async def run(self, work: TaskGroup) -> None:
         """Poll until ``stop``, starting each task received as a task in ``work``."""
         with anyio.CancelScope() as self._scope:
-            failures = 0
             while not self._stopping:
-                slot = _Slot()
+                slot = Slot()
                 await self._total_slots.acquire_on_behalf_of(slot)
                 try:
                     response = await self._poll()
                 except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
                     self._total_slots.release_on_behalf_of(slot)
-                    failures += 1
-                    await self._back_off(exc, failures)
+                    delay_s = self._backoff.failed(exc)
+                    if not self._stopping:
+                        await anyio.sleep(delay_s)
                     continue
                 except BaseException:
                     self._total_slots.release_on_behalf_of(slot)
                     raise
-                failures = 0
+                self._backoff.succeeded()
                 token = response.get("taskToken")
                 if not token:
                     # The minute passed without a task: poll again.
@@ -222,19 +215,7 @@ class ActivityPoller:
         finally:
             self._polling = False
 
-    async def _back_off(self, exc: Exception, failures: int) -> None:
-        delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
-        log.error(
-            "GetActivityTask on %s failed (%s, %s); next try in %.1fs",
-            self.activity.name,
-            error_code(exc) or type(exc).__name__,
-            classify(exc).value,
-            delay_s,
-        )
-        if not self._stopping:
-            await anyio.sleep(delay_s)
-
-    async def _handle(self, token: str, raw_input: str | None, slot: _Slot) -> None:
+    async def _handle(self, token: str, raw_input: str | None, slot: Slot) -> None:
         try:
             await self._processor.process(self.activity, token, raw_input)
         except Exception:

@@ -1,39 +1,28 @@
-"""One activity task, one outcome: route, validate, run, complete.
+"""One activity task, one outcome: route, then the shared ``core.step.Step``.
 
-The activity counterpart of ``sqs.processor``: the same router, ``Task[Model]`` validation,
-handler timeout, heartbeats and error names, minus everything SQS (no message to hide,
-delete or dead-letter).  Activities have no redelivery: every outcome is final, so a
-handler's exception or timeout fails the task at once (state machines retry it with
-``Retry``).  A task cut off by the drain is failed with ``Broker.ShuttingDown`` rather
-than left to time out.
+The activity counterpart of ``sqs.processor``: the same step (validation, handler
+timeout, heartbeats, error names, spans, outcome events), minus everything SQS (no
+message to hide, delete or dead-letter).  Activities have no redelivery: every outcome
+is final, so a ``Retry`` verdict (an exception, a timeout) fails the task at once (state
+machines retry it with ``Retry``).  A task cut off by the drain is failed with
+``Broker.ShuttingDown`` rather than left to time out.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 import anyio
 import orjson
-from pydantic import ValidationError
 
-from broker.core.completer import Completer, Confirmation
 from broker.core.errors import ErrorName
-from broker.core.handling import (
-    Failure,
-    TimedOut,
-    WorkflowGaveUp,
-    encode_output,
-    heartbeat_or_raise,
-    invalid_input_cause,
-    run_supervised,
-    unexpected_failure,
-)
 from broker.core.router import Route, Router
 from broker.core.settings import ActivitySettings
-from broker.core.task import Task
-from broker.observability.events import message_record, note_token, note_type, settled
+from broker.core.step import Completion, Origin, Step
+from broker.core.verdict import Closed, Failed, Retry, Succeeded, Verdict
+from broker.observability.events import note_token, note_type
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.envelope import MAX_JSON_DEPTH, is_too_deep, load_json, lookup_path
@@ -61,18 +50,10 @@ class ActivityRuntime:
 
 
 class ActivityTaskProcessor:
-    def __init__(
-        self,
-        router: Router,
-        completer: Completer,
-        stats: Stats,
-        *,
-        handler_timeout_s: float | None,
-    ) -> None:
+    def __init__(self, router: Router, step: Step, stats: Stats) -> None:
         self._router = router
-        self._completer = completer
+        self._step = step
         self._stats = stats
-        self._handler_timeout_s = handler_timeout_s
 
     async def process(
         self, activity: ActivityRuntime, token: str, raw_input: str | None
@@ -82,17 +63,19 @@ class ActivityTaskProcessor:
             # only have it cut off.  Fail at once with the retryable name.
             await self._shut_down(activity, token)
             return Outcome.FAILED
-        with message_record(activity.name, token_ref(token), 1) as record:
+        origin = Origin(activity.name, token_ref(token), system="aws_stepfunctions")
+
+        async def decide() -> Outcome:
             note_token(token)
             try:
-                outcome = await self._decide(activity, token, raw_input)
+                return await self._decide(activity, origin, token, raw_input)
             except anyio.get_cancelled_exc_class():
                 # Cut off by the drain's grace period.  There is no redelivery for an
                 # activity: fail it now rather than leave the workflow to its timeout.
                 await self._shut_down(activity, token)
                 raise
-            settled(record, outcome, self._stats)
-        return outcome
+
+        return await self._step.observed(origin, decide)
 
     async def _shut_down(self, activity: ActivityRuntime, token: str) -> None:
         """SendTaskFailure(Broker.ShuttingDown), shielded and bounded: we are stopping."""
@@ -103,11 +86,11 @@ class ActivityTaskProcessor:
                 token_ref(token),
                 ErrorName.SHUTTING_DOWN,
             )
-            await self._completer.fail(token, ErrorName.SHUTTING_DOWN, _SHUTDOWN_CAUSE)
+            await self._step.complete(token, Failed(ErrorName.SHUTTING_DOWN, _SHUTDOWN_CAUSE))
             self._stats.count(activity.name, Outcome.FAILED)
 
     async def _decide(
-        self, activity: ActivityRuntime, token: str, raw_input: str | None
+        self, activity: ActivityRuntime, origin: Origin, token: str, raw_input: str | None
     ) -> Outcome:
         try:
             payload: Any = load_json(raw_input or "null")
@@ -115,40 +98,19 @@ class ActivityTaskProcessor:
             if is_too_deep(exc):
                 # Valid JSON, nested deeper than the broker reads.
                 cause = f"input is nested deeper than {MAX_JSON_DEPTH} levels"
-                return await self._fail(
-                    activity, token, ErrorName.INVALID_INPUT, cause, Outcome.INVALID_INPUT
-                )
+                invalid = Failed(ErrorName.INVALID_INPUT, cause, Outcome.INVALID_INPUT)
+                return await self._settled(activity, token, invalid)
             # Step Functions only hands out JSON; this is a defensive branch.
-            return await self._fail(
-                activity, token, ErrorName.INVALID_INPUT, f"input is not JSON: {exc}"
-            )
+            not_json = Failed(ErrorName.INVALID_INPUT, f"input is not JSON: {exc}")
+            return await self._settled(activity, token, not_json)
         route = self._route(activity.settings, payload)
         if route is None:
             note_type("unknown")
             return await self._unknown_type(activity, token, payload)
         note_type(route.message_type)
-        document = payload
-        if route.payload_adapter is not None:
-            try:
-                payload = route.payload_adapter.validate_python(payload)
-            except ValidationError as exc:
-                cause = invalid_input_cause(exc)
-                return await self._fail(
-                    activity, token, ErrorName.INVALID_INPUT, cause, Outcome.INVALID_INPUT
-                )
-        task: Task[Any] = Task(
-            payload=payload,
-            message_type=route.message_type,
-            token=token,
-            source=activity.name,
-            message_id=token_ref(token),
-            body=document if isinstance(document, dict) else {"input": document},
-            _send_heartbeat=lambda: heartbeat_or_raise(self._completer, token),
-        )
-        started = anyio.current_time()
-        result = await run_supervised(self._completer, route, task, self._handler_timeout_s)
-        self._stats.handler_seconds[route.message_type].observe(anyio.current_time() - started)
-        return await self._settle(activity, route, token, result)
+        body = payload if isinstance(payload, dict) else {"input": payload}
+        verdict = await self._step.run(route, token, payload, origin=origin, body=body)
+        return await self._settle(activity, route, token, verdict)
 
     def _route(self, settings: ActivitySettings, payload: Any) -> Route | None:
         # The type field first (a per-task choice), then the configured handler.
@@ -159,45 +121,31 @@ class ActivityTaskProcessor:
         return self._router.get(settings.handler) if settings.handler else None
 
     async def _settle(
-        self, activity: ActivityRuntime, route: Route, token: str, result: Any
+        self, activity: ActivityRuntime, route: Route, token: str, verdict: Verdict
     ) -> Outcome:
-        if isinstance(result, WorkflowGaveUp):
-            log.info(
-                "activity %s: handler %s cancelled: the workflow closed task %s",
-                activity.name,
-                route.message_type,
-                token_ref(token),
-            )
-            return Outcome.TASK_CLOSED
-        if isinstance(result, Failure):
-            return await self._fail(activity, token, result.error, result.cause)
-        if isinstance(result, TimedOut | Exception):
-            failure = unexpected_failure(result)
-            log.error(
-                "activity %s: handler %s failed with %s (%s); no redelivery for activities",
-                activity.name,
-                route.message_type,
-                failure.error,
-                token_ref(token),
-            )
-            return await self._fail(
-                activity, token, failure.error, failure.cause, Outcome.EXHAUSTED
-            )
-        output = encode_output(result)
-        if isinstance(output, Failure):
-            return await self._fail(
-                activity, token, output.error, output.cause, Outcome.INVALID_OUTPUT
-            )
-        confirmation = await self._completer.succeed(token, output)
-        if confirmation is Confirmation.INVALID_OUTPUT:
-            return await self._fail(
-                activity,
-                token,
-                ErrorName.INVALID_OUTPUT,
-                "Step Functions refused the handler's output (InvalidOutput)",
-                Outcome.INVALID_OUTPUT,
-            )
-        return self._confirmed(activity, token, confirmation, Outcome.SUCCEEDED)
+        match verdict:
+            case Succeeded() | Failed():
+                return await self._settled(activity, token, verdict)
+            case Retry():
+                failure = verdict.at_once()
+                log.error(
+                    "activity %s: handler %s failed with %s (%s); no redelivery for activities",
+                    activity.name,
+                    route.message_type,
+                    failure.error,
+                    token_ref(token),
+                )
+                return await self._settled(activity, token, failure)
+            case Closed():
+                log.info(
+                    "activity %s: handler %s cancelled: the workflow closed task %s",
+                    activity.name,
+                    route.message_type,
+                    token_ref(token),
+                )
+                return Outcome.TASK_CLOSED
+            case _:
+                assert_never(verdict)
 
     async def _unknown_type(self, activity: ActivityRuntime, token: str, payload: Any) -> Outcome:
         settings = activity.settings
@@ -208,35 +156,20 @@ class ActivityTaskProcessor:
             f"(field {settings.type_field!r}); registered types: {known}"
         )
         log.warning("unknown activity task type: %s (%s)", cause, token_ref(token))
-        return await self._fail(
-            activity, token, ErrorName.UNKNOWN_MESSAGE_TYPE, cause, Outcome.UNKNOWN_TYPE
-        )
+        unknown = Failed(ErrorName.UNKNOWN_MESSAGE_TYPE, cause, Outcome.UNKNOWN_TYPE)
+        return await self._settled(activity, token, unknown)
 
-    async def _fail(
-        self,
-        activity: ActivityRuntime,
-        token: str,
-        error: str,
-        cause: str,
-        outcome: Outcome = Outcome.FAILED,
+    async def _settled(
+        self, activity: ActivityRuntime, token: str, verdict: Succeeded | Failed
     ) -> Outcome:
-        log.info("activity %s: task %s failed with %s", activity.name, token_ref(token), error)
-        confirmation = await self._completer.fail(token, error, cause)
-        return self._confirmed(activity, token, confirmation, outcome)
-
-    def _confirmed(
-        self, activity: ActivityRuntime, token: str, confirmation: Confirmation, outcome: Outcome
-    ) -> Outcome:
-        if confirmation is Confirmation.CONFIRMED:
-            return outcome
-        if confirmation is Confirmation.TASK_CLOSED:
-            return Outcome.TASK_CLOSED
-        # Nothing comes back for an activity: the workflow waits for its heartbeat or
-        # timeout, and its Retry decides.  Say so loudly.
-        log.error(
-            "activity %s: outcome of task %s not confirmed by Step Functions; the workflow "
-            "will see its heartbeat/timeout expire",
-            activity.name,
-            token_ref(token),
-        )
-        return Outcome.UNCONFIRMED
+        completion: Completion = await self._step.complete(token, verdict)
+        if not completion.settled:
+            # Nothing comes back for an activity: the workflow waits for its heartbeat
+            # or timeout, and its Retry decides.  Say so loudly.
+            log.error(
+                "activity %s: outcome of task %s not confirmed by Step Functions; the "
+                "workflow will see its heartbeat/timeout expire",
+                activity.name,
+                token_ref(token),
+            )
+        return completion.outcome

@@ -64,16 +64,21 @@ class Tracer:
         return cls(_sdk_provider(exporter_name or "otlp"))
 
     def message_span(
-        self, source: str, message_id: str, attributes: Mapping[str, str]
+        self,
+        source: str,
+        message_id: str,
+        attributes: Mapping[str, str],
+        *,
+        system: str = "aws_sqs",
     ) -> AbstractContextManager[Any]:
-        """The span of one message, from receive to its settled outcome."""
+        """The span of one message (or activity task), from receive to its settled outcome."""
         if self._tracer is None:
             return nullcontext()
-        return self._message_span(source, message_id, attributes)
+        return self._message_span(source, message_id, attributes, system)
 
     @contextmanager
     def _message_span(
-        self, source: str, message_id: str, attributes: Mapping[str, str]
+        self, source: str, message_id: str, attributes: Mapping[str, str], system: str
     ) -> Iterator[Any]:
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind
@@ -85,7 +90,7 @@ class Tracer:
                 context=extract(carrier) if carrier else None,
                 kind=SpanKind.CONSUMER,
                 attributes={
-                    "messaging.system": "aws_sqs",
+                    "messaging.system": system,
                     "messaging.operation.type": "process",
                     "messaging.destination.name": source,
                     "messaging.message.id": message_id,

@@ -22,16 +22,16 @@ and each receive counts against the message's attempts.
 from __future__ import annotations
 
 import logging
-import random
 from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup
 
-from broker.aws.errors import classify, error_code
-from broker.aws.protocols import SqsApi
+from broker.aws.errors import error_code
+from broker.core.slots import PollBackoff, Slot
 from broker.observability.stats import Outcome, Stats
-from broker.sqs.message import QueueRuntime, ReceivedMessage
+from broker.sqs.delivery import Delivery, SqsQueue
+from broker.sqs.message import ReceivedMessage
 from broker.sqs.processor import MessageProcessor
 
 __all__ = ["QueueConsumer"]
@@ -39,7 +39,6 @@ __all__ = ["QueueConsumer"]
 log = logging.getLogger("broker.consumer")
 
 MAX_RECEIVE: Final = 10
-_ERROR_BACKOFF_MAX_S: Final = 30.0
 #: Consecutive ReceiveMessage failures after which the queue counts as unreachable.
 _FAILING_AFTER: Final = 3
 #: Default receive loops: one per this many of the queue's slots, at most the max.
@@ -48,34 +47,29 @@ _AUTO_RECEIVERS_MAX: Final = 4
 _RELEASE_TIMEOUT_S: Final = 2.0
 
 
-class _Slot:
-    """A borrower token: one handler slot, held from receive until the message settles."""
-
-    __slots__ = ()
-
-
 class QueueConsumer:
     def __init__(
         self,
-        queue: QueueRuntime,
-        sqs: SqsApi,
+        queue: SqsQueue,
         processor: MessageProcessor,
         *,
         total_slots: anyio.CapacityLimiter,
         stats: Stats,
     ) -> None:
         self.queue = queue
-        self._sqs = sqs
+        #: The queue as resolved at start-up (frozen).
+        self.runtime = queue.runtime
+        self._sqs = queue.sqs
         self._processor = processor
         self._total_slots = total_slots
         self._queue_slots = anyio.CapacityLimiter(
-            queue.settings.concurrency or int(total_slots.total_tokens)
+            self.runtime.settings.concurrency or int(total_slots.total_tokens)
         )
         self._stats = stats
         self._processing = 0
         #: When each loop's ReceiveMessage in flight began (loop index → time).
         self._receiving_since: dict[int, float] = {}
-        self._failures = 0
+        self._backoff = PollBackoff("ReceiveMessage", queue.name, log)
         self._stopping = False
         #: Messages received after the stop, handed back once every poll has returned.
         self._drained: list[ReceivedMessage] = []
@@ -100,15 +94,15 @@ class QueueConsumer:
     @property
     def failing(self) -> bool:
         """ReceiveMessage has failed several times in a row (readiness reports it)."""
-        return self._failures >= _FAILING_AFTER
+        return self._backoff.failures >= _FAILING_AFTER
 
     @property
     def receivers(self) -> int:
         """ReceiveMessage loops of this queue (see ``QueueSettings.receivers``)."""
-        if self.queue.fifo:
+        if self.runtime.fifo:
             return 1  # one receive at a time keeps a FIFO queue's batches in group order
-        if self.queue.settings.receivers is not None:
-            return self.queue.settings.receivers
+        if self.runtime.settings.receivers is not None:
+            return self.runtime.settings.receivers
         slots = int(self._queue_slots.total_tokens)
         return max(1, min(_AUTO_RECEIVERS_MAX, slots // _SLOTS_PER_AUTO_RECEIVER))
 
@@ -118,7 +112,7 @@ class QueueConsumer:
             return None
         waited_s = anyio.current_time() - min(self._receiving_since.values())
         # The SDK's read timeout is the long poll + 10 s, tried up to 3 times.
-        bound_s = 3 * (self.queue.settings.wait_time_s + 10) + 10
+        bound_s = 3 * (self.runtime.settings.wait_time_s + 10) + 10
         return waited_s if waited_s > bound_s else None
 
     def stop(self) -> None:
@@ -156,16 +150,7 @@ class QueueConsumer:
         except Exception as exc:  # noqa: BLE001 - a poll error must not stop the broker
             self._release(slots)
             del self._receiving_since[index]
-            self._failures += 1
-            failures = self._failures
-            delay_s = min(_ERROR_BACKOFF_MAX_S, 0.5 * 2**failures) * random.uniform(0.5, 1)
-            log.error(
-                "ReceiveMessage on %s failed (%s, %s); next try in %.1fs",
-                self.queue.name,
-                error_code(exc) or type(exc).__name__,
-                classify(exc).value,
-                delay_s,
-            )
+            delay_s = self._backoff.failed(exc)
             if not self._stopping:
                 await anyio.sleep(delay_s)
             return
@@ -180,7 +165,7 @@ class QueueConsumer:
                 )
             raise
         del self._receiving_since[index]
-        self._failures = 0
+        self._backoff.succeeded()
         if self._stopping:
             # The broker stops: start nothing; ``poll`` hands these back for another
             # replica once no loop of this queue polls any more.
@@ -188,17 +173,20 @@ class QueueConsumer:
             self._release(slots)
             return
         self._stats.received[self.queue.name] += len(messages)
-        held = list(zip(messages, slots, strict=False))
+        held = [
+            (self.queue.delivery(message), slot)
+            for message, slot in zip(messages, slots, strict=False)
+        ]
         self._processing += len(held)
         self._release(slots[len(messages) :])
-        if self.queue.fifo:
+        if self.runtime.fifo:
             # SQS hands out a group's messages in order and holds back the rest of
             # the group while any is in flight; keeping that order is ours to do.
             for group in _by_group(held):
                 work.start_soon(self._handle_in_order, group)
         else:
-            for message, slot in held:
-                work.start_soon(self._handle, message, slot)
+            for delivery, slot in held:
+                work.start_soon(self._handle, delivery, slot)
 
     async def _hand_back(self, messages: list[ReceivedMessage]) -> None:
         """Make messages received during the drain visible again now (shielded, bounded)."""
@@ -210,7 +198,7 @@ class QueueConsumer:
                 batch = messages[start : start + MAX_RECEIVE]
                 try:
                     response = await self._sqs.change_message_visibility_batch(
-                        QueueUrl=self.queue.url,
+                        QueueUrl=self.runtime.url,
                         Entries=[
                             {
                                 "Id": str(number),
@@ -235,8 +223,8 @@ class QueueConsumer:
             else "",
         )
 
-    async def _reserve(self) -> list[_Slot]:
-        first = _Slot()
+    async def _reserve(self) -> list[Slot]:
+        first = Slot()
         await self._queue_slots.acquire_on_behalf_of(first)
         try:
             await self._total_slots.acquire_on_behalf_of(first)
@@ -247,7 +235,7 @@ class QueueConsumer:
         # Top up without waiting: a long poll for 1 message when 10 slots are free
         # would leave throughput on the table.
         while len(slots) < MAX_RECEIVE:
-            slot = _Slot()
+            slot = Slot()
             try:
                 self._queue_slots.acquire_on_behalf_of_nowait(slot)
             except anyio.WouldBlock:
@@ -260,29 +248,29 @@ class QueueConsumer:
             slots.append(slot)
         return slots
 
-    def _release(self, slots: list[_Slot]) -> None:
+    def _release(self, slots: list[Slot]) -> None:
         for slot in slots:
             self._total_slots.release_on_behalf_of(slot)
             self._queue_slots.release_on_behalf_of(slot)
 
     async def _receive(self, count: int) -> list[ReceivedMessage]:
         params: dict[str, object] = {
-            "QueueUrl": self.queue.url,
+            "QueueUrl": self.runtime.url,
             "MaxNumberOfMessages": count,
-            "WaitTimeSeconds": self.queue.settings.wait_time_s,
+            "WaitTimeSeconds": self.runtime.settings.wait_time_s,
             "MessageAttributeNames": ["All"],
             "MessageSystemAttributeNames": ["ApproximateReceiveCount", "MessageGroupId"],
         }
-        if self.queue.settings.visibility_timeout_s is not None:
-            params["VisibilityTimeout"] = self.queue.settings.visibility_timeout_s
+        if self.runtime.settings.visibility_timeout_s is not None:
+            params["VisibilityTimeout"] = self.runtime.settings.visibility_timeout_s
         response = await self._sqs.receive_message(**params)
         return [ReceivedMessage.from_sqs(raw) for raw in response.get("Messages", [])]
 
-    async def _handle_in_order(self, group: list[tuple[ReceivedMessage, _Slot]]) -> None:
-        for index, (message, slot) in enumerate(group):
+    async def _handle_in_order(self, group: list[tuple[Delivery, Slot]]) -> None:
+        for index, (delivery, slot) in enumerate(group):
             rest = group[index + 1 :]
             try:
-                outcome = await self._handle(message, slot)
+                outcome = await self._handle(delivery, slot)
             except BaseException:
                 self._give_back(rest)
                 raise
@@ -292,46 +280,34 @@ class QueueConsumer:
                 return
 
     async def _return_to_queue(
-        self, rest: list[tuple[ReceivedMessage, _Slot]], *, release_slots: bool = True
+        self, rest: list[tuple[Delivery, Slot]], *, release_slots: bool = True
     ) -> None:
         try:
-            for message, _ in rest:
-                try:
-                    await self._sqs.change_message_visibility(
-                        QueueUrl=self.queue.url,
-                        ReceiptHandle=message.receipt_handle,
-                        VisibilityTimeout=0,
-                    )
-                except Exception as exc:  # noqa: BLE001 - it returns when its visibility lapses
-                    log.warning(
-                        "could not return message %s to %s (%s)",
-                        message.message_id,
-                        self.queue.name,
-                        error_code(exc) or type(exc).__name__,
-                    )
+            for delivery, _ in rest:
+                await delivery.hand_back()
         finally:
             if release_slots:
                 self._give_back(rest)
 
-    def _give_back(self, unstarted: list[tuple[ReceivedMessage, _Slot]]) -> None:
+    def _give_back(self, unstarted: list[tuple[Delivery, Slot]]) -> None:
         self._processing -= len(unstarted)
         self._release([slot for _, slot in unstarted])
 
-    async def _handle(self, message: ReceivedMessage, slot: _Slot) -> Outcome | None:
+    async def _handle(self, delivery: Delivery, slot: Slot) -> Outcome | None:
         try:
-            return await self._processor.process(self.queue, message)
+            return await self._processor.process(delivery)
         except anyio.get_cancelled_exc_class():
             # Cut off by the drain's grace period: hand the message back now rather
             # than after its visibility timeout.  Shielded, bounded, then re-raised.
             with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
-                await self._return_to_queue([(message, slot)], release_slots=False)
+                await delivery.hand_back()
             raise
         except Exception:
             # A bug in the broker itself: log it, keep the message (it comes back),
             # keep the broker running.
             log.exception(
                 "internal error processing message %s on %s; it will be redelivered",
-                message.message_id,
+                delivery.message.message_id,
                 self.queue.name,
             )
             return None
@@ -340,11 +316,9 @@ class QueueConsumer:
             self._release([slot])
 
 
-def _by_group(
-    held: list[tuple[ReceivedMessage, _Slot]],
-) -> list[list[tuple[ReceivedMessage, _Slot]]]:
+def _by_group(held: list[tuple[Delivery, Slot]]) -> list[list[tuple[Delivery, Slot]]]:
     """Split a FIFO receive into its message groups, each in receive order."""
-    groups: dict[str | None, list[tuple[ReceivedMessage, _Slot]]] = {}
-    for message, slot in held:
-        groups.setdefault(message.group_id, []).append((message, slot))
+    groups: dict[str | None, list[tuple[Delivery, Slot]]] = {}
+    for delivery, slot in held:
+        groups.setdefault(delivery.message.group_id, []).append((delivery, slot))
     return list(groups.values())

@@ -1,7 +1,8 @@
-"""Start-up lookups of queues: a URL from a name, the attributes, the dead-letter queue.
+"""Finding a configured queue at start-up: its URL, its attributes, its dead-letter queue.
 
-``run`` and ``check`` find queues the same way; redrive finds its queues by name here
-too, so nothing below the composition root imports ``broker.service``.
+Every call goes through the start-up ``StartupRetry`` (transient errors retried up to
+the deadline; anything else one line, ``describe_aws_error``).  The composition root
+(``service``), ``broker check`` and ``broker redrive`` all look queues up here.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.aws.protocols import SqsApi
-from broker.aws.startup import StartupRetry
+from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import QueueNotFound
 from broker.core.settings import QueueSettings
 
-__all__ = ["ResolvedQueue", "resolve_queue", "resolve_queue_url"]
+__all__ = ["ResolvedQueue", "queue_depth", "resolve_queue", "resolve_queue_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +78,18 @@ async def _queue_attributes(
         not_found=QueueNotFound,
     )
     return dict(response.get("Attributes", {}))
+
+
+async def queue_depth(sqs: SqsApi, url: str, name: str) -> int:
+    """ApproximateNumberOfMessages, in one try; ``QueueNotFound`` if it cannot be read.
+
+    For ``broker redrive``, which must not move anything when a queue is missing.
+    """
+    try:
+        response = await sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+    except Exception as exc:
+        error = describe_aws_error(exc, f"queue {name!r}", api="GetQueueAttributes", client=sqs)
+        raise QueueNotFound(str(error)) from exc
+    return int(response.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))

@@ -8,12 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from broker.core.settings import QueueSettings
-from broker.sqs.deleter import DeleteBatcher
 from broker.sqs.envelope import EnvelopeSpec
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
-    "REDRIVEN_ATTRIBUTE",
     "QueueRuntime",
     "ReceivedMessage",
     "message_size",
@@ -22,9 +20,6 @@ __all__ = [
 
 #: SQS's limit on one message: body plus every attribute's name, type and value.
 MAX_MESSAGE_BYTES: Final = 1_048_576
-#: Set by ``broker redrive`` on every copy it sends back (the run's id), and carried
-#: onto a new dead-letter copy of such a message (see ``broker/sqs/redrive.py``).
-REDRIVEN_ATTRIBUTE: Final = "broker.redriven"
 
 
 def message_size(body: str, attributes: Mapping[str, Any]) -> int:
@@ -92,12 +87,11 @@ class ReceivedMessage:
 
 @dataclass(frozen=True, slots=True)
 class QueueRuntime:
-    """A configured queue once resolved at start-up."""
+    """A configured queue once resolved at start-up (its live side: ``sqs.delivery.SqsQueue``)."""
 
     settings: QueueSettings
     url: str
     spec: EnvelopeSpec
-    deleter: DeleteBatcher
     dead_letter_url: str | None
     visibility_timeout_s: int
     fifo: bool

@@ -28,16 +28,18 @@ import anyio
 from broker.aws.errors import error_code
 from broker.aws.protocols import SqsApi
 from broker.core.errors import QueueNotFound
-from broker.sqs.lookup import resolve_queue_url
-from broker.sqs.message import REDRIVEN_ATTRIBUTE
+from broker.sqs.deadletter import (
+    REDRIVEN_ATTRIBUTE,
+    redriven_by,
+    sent_back_attributes,
+    source_queue,
+)
+from broker.sqs.lookup import queue_depth, resolve_queue_url
 
 __all__ = ["REDRIVEN_ATTRIBUTE", "RedriveReport", "redrive"]
 
 log = logging.getLogger("broker.redrive")
 
-_SOURCE_ATTRIBUTE: Final = "broker.source_queue"
-_BROKER_PREFIX: Final = "broker."
-_MAX_ATTRIBUTES: Final = 10  # SQS's limit per message
 # Messages stay hidden this long while one batch is moved, so a second redrive running
 # at the same time does not move them twice.
 _HOLD_S: Final = 60
@@ -95,12 +97,12 @@ async def redrive(
     """
     report = RedriveReport()
     dlq_url = await resolve_queue_url(sqs, dead_letter_queue)
-    report.at_start = await _visible_messages(sqs, dlq_url, dead_letter_queue)
+    report.at_start = await queue_depth(sqs, dlq_url, dead_letter_queue)
     urls: dict[str, str | None] = {}
     if to is not None:
         # Checked first: a missing destination must not hide the DLQ's messages.
         to_url = urls[to] = await resolve_queue_url(sqs, to)
-        await _visible_messages(sqs, to_url, to)
+        await queue_depth(sqs, to_url, to)
     run_id = uuid.uuid4().hex[:16]
     # Received and left in the DLQ: handed back (made visible) when the run ends.
     kept: dict[str, str] = {}
@@ -128,13 +130,13 @@ async def redrive(
                     continue
                 seen.add(message_id)
                 attributes = message.get("MessageAttributes") or {}
-                if _string(attributes, REDRIVEN_ATTRIBUTE) == run_id:
+                if redriven_by(attributes) == run_id:
                     # Moved by this run and dead-lettered again: moving it again would
                     # only start the same round trip.
                     report.came_back += 1
                     kept[message_id] = message["ReceiptHandle"]
                     continue
-                destination = to or _string(attributes, _SOURCE_ATTRIBUTE)
+                destination = to or source_queue(attributes)
                 if not destination:
                     report.no_destination += 1
                     kept[message_id] = message["ReceiptHandle"]
@@ -175,29 +177,11 @@ def _left_to_do(report: RedriveReport, max_messages: int | None) -> int:
     return left
 
 
-def _string(attributes: Mapping[str, Any], name: str) -> str | None:
-    value = attributes.get(name, {}).get("StringValue")
-    return str(value) if value else None
-
-
-async def _visible_messages(sqs: SqsApi, url: str, name: str) -> int:
-    """ApproximateNumberOfMessages; ``QueueNotFound`` if the queue is not there."""
-    try:
-        response = await sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-        )
-    except Exception as exc:
-        raise QueueNotFound(
-            f"queue {name!r} not found or not accessible ({error_code(exc) or type(exc).__name__})"
-        ) from exc
-    return int(response.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
-
-
 async def _url_or_none(sqs: SqsApi, name: str) -> str | None:
     """The URL of a source queue a message names, or None (counted as failed) if missing."""
     try:
         url = await resolve_queue_url(sqs, name)
-        await _visible_messages(sqs, url, name)
+        await queue_depth(sqs, url, name)
     except QueueNotFound as exc:
         log.error("cannot send messages back to %s: %s", name, exc)
         return None
@@ -230,13 +214,7 @@ async def _send_back(
     entries = []
     for index, message in enumerate(batch):
         entry: dict[str, Any] = {"Id": str(index), "MessageBody": message["Body"]}
-        attributes = {
-            name: value
-            for name, value in (message.get("MessageAttributes") or {}).items()
-            if not name.startswith(_BROKER_PREFIX)
-        }
-        if len(attributes) < _MAX_ATTRIBUTES:
-            attributes[REDRIVEN_ATTRIBUTE] = {"DataType": "String", "StringValue": run_id}
+        attributes = sent_back_attributes(message.get("MessageAttributes") or {}, run_id)
         if attributes:
             entry["MessageAttributes"] = attributes
         if url.endswith(".fifo"):

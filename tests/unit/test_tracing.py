@@ -12,9 +12,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from broker import Router, Task, TaskFailed
+from broker import ActivitySettings, Router, Task, TaskFailed
 from broker.observability.tracing import Tracer
-from broker.testing import TestBroker
+from broker.testing import FakeSfn, TestBroker
+
+from .conftest import make_settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -135,3 +137,34 @@ async def test_no_span_records_a_whole_token() -> None:
     assert "RuntimeError" in dumped
     for token in (ok, quoted, leaked):
         assert token not in dumped
+
+
+async def test_an_activity_task_gets_the_same_spans_as_a_message() -> None:
+    # One step for every source: an activity task opens a task span with its handler
+    # and completion as children, annotated like a message's.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = make_settings(
+        queues=(), activities=(ActivitySettings(name="work", type_field="kind"),)
+    )
+    sfn = FakeSfn(activity_poll_s=0.05)
+    async with TestBroker(router(), settings, sfn=sfn, tracer_provider=provider) as tb:
+        tb.start_activity_task({"kind": "ok"})
+        tb.start_activity_task({"kind": "no"})
+        await tb.wait_idle()
+    spans = exporter.get_finished_spans()
+    tasks = [s for s in spans if s.name == "work process"]
+    assert len(tasks) == 2
+    by_type = {s.attributes["broker.type"]: s for s in tasks if s.attributes}
+    ok, no = by_type["ok"], by_type["no"]
+    assert ok.attributes is not None
+    assert ok.attributes["messaging.system"] == "aws_stepfunctions"
+    assert ok.attributes["broker.outcome"] == "succeeded"
+    assert no.attributes is not None
+    assert (no.attributes["broker.outcome"], no.attributes["broker.error"]) == (
+        "failed",
+        "Order.Rejected",
+    )
+    children = {s.name for s in spans if s.parent and s.parent.span_id == ok.context.span_id}
+    assert {"handler ok", "SendTaskSuccess"} <= children

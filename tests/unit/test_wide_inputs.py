@@ -20,7 +20,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from broker import ActivitySettings, ErrorName, Outcome, Router, Task
 from broker.core.completer import MAX_CAUSE_CHARS
-from broker.core.handling import Failure, encode_output, invalid_input_cause
+from broker.core.payloads import encode_output, invalid_input_cause
+from broker.core.verdict import Failed as Failure
 from broker.observability.redact import redact, token_ref
 from broker.sqs.envelope import is_too_deep, load_json
 from broker.sqs.message import message_size, without_surrogates

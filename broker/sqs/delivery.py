@@ -1,0 +1,179 @@
+"""What can be done to one received SQS message: every arrow of the outcome table's last
+column, so that ``sqs.processor`` decides and this module acts.
+
+``SqsQueue`` is one consumed queue's live side: its settings as resolved at start-up
+(the frozen ``QueueRuntime``), the SQS client and the queue's ``DeleteBatcher``.  It
+wraps each received message in a ``Delivery``:
+
+- ``delete()``: once the outcome is durable in Step Functions (batched);
+- ``hide(delay_s)``: ChangeMessageVisibility, the retry backoff;
+- ``hand_back()``: visible again now, for another consumer;
+- ``park()``: hidden as long as retries back off at most, for the queue's redrive policy;
+- ``dead_letter(reason, detail)``: a copy in the queue's DLQ saying why (``sqs.deadletter``);
+- ``keep_invisible()``: the visibility extension while the handler runs.
+
+None of them raises for an AWS error: each is logged, and the worst case is a
+redelivery, never a lost task.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Final
+
+import anyio
+
+from broker.aws.errors import ErrorKind, classify, error_code
+from broker.aws.protocols import SqsApi
+from broker.observability.events import current_token
+from broker.observability.redact import redact_token
+from broker.sqs.deadletter import dead_letter_copy, is_redriven
+from broker.sqs.deleter import DeleteBatcher
+from broker.sqs.message import QueueRuntime, ReceivedMessage
+
+__all__ = ["Delivery", "SqsQueue"]
+
+log = logging.getLogger("broker.delivery")
+
+#: SQS's longest visibility timeout, and how long after its receive a message may stay
+#: invisible at most.
+MAX_VISIBILITY_S: Final = 43_200
+_VISIBILITY_MARGIN_S: Final = 5
+#: Tries of one dead-letter copy on throttling/5xx/network errors (on top of botocore's).
+_DLQ_ATTEMPTS: Final = 4
+_DLQ_BACKOFF_S: Final = 0.1
+
+
+class SqsQueue:
+    """A consumed queue and the live things that act on it."""
+
+    def __init__(
+        self, runtime: QueueRuntime, sqs: SqsApi, deleter: DeleteBatcher, *, park_s: int
+    ) -> None:
+        self.runtime = runtime
+        self.sqs = sqs
+        self.deleter = deleter
+        #: How long ``Delivery.park`` hides a message (the longest retry delay).
+        self.park_s = park_s
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    def delivery(self, message: ReceivedMessage) -> Delivery:
+        return Delivery(self, message)
+
+
+class Delivery:
+    """One received message of one queue, and what the outcome table may do to it."""
+
+    __slots__ = ("message", "queue")
+
+    def __init__(self, queue: SqsQueue, message: ReceivedMessage) -> None:
+        self.queue = queue
+        self.message = message
+
+    @property
+    def has_dead_letter_queue(self) -> bool:
+        return self.queue.runtime.dead_letter_url is not None
+
+    @property
+    def redriven(self) -> bool:
+        """A copy ``broker redrive`` sent back from a dead-letter queue."""
+        return is_redriven(self.message)
+
+    async def delete(self) -> None:
+        """Queue the delete (batched): only once the outcome is durable."""
+        await self.queue.deleter.delete(self.message.receipt_handle)
+
+    async def hide(self, delay_s: int) -> None:
+        """Make the message visible again in ``delay_s`` seconds (0..43,200)."""
+        await self._change_visibility(max(0, min(delay_s, MAX_VISIBILITY_S)), "hide")
+
+    async def hand_back(self) -> None:
+        """Make the message visible again now, for whichever consumer polls next."""
+        await self._change_visibility(0, "hand back")
+
+    async def park(self) -> None:
+        """Hide the message as long as a retry waits at most: with no copy of ours, the
+        queue's own redrive policy moves it after maxReceiveCount receives."""
+        await self.hide(self.queue.park_s)
+
+    async def keep_invisible(self) -> None:
+        """Extend the visibility at half-life while the handler runs, so that a slow
+        handler is not run twice; runs until cancelled (or SQS's 12 h limit)."""
+        runtime = self.queue.runtime
+        visibility_s = runtime.settings.visibility_timeout_s or runtime.visibility_timeout_s
+        if visibility_s <= 0:
+            return
+        started = anyio.current_time()
+        while True:
+            await anyio.sleep(visibility_s / 2)
+            left_s = MAX_VISIBILITY_S - _VISIBILITY_MARGIN_S - (anyio.current_time() - started)
+            extend_s = min(visibility_s, int(left_s))
+            if extend_s <= 0:
+                log.warning(
+                    "message %s on %s reached the 12 h visibility limit; it will be redelivered",
+                    self.message.message_id,
+                    self.queue.name,
+                )
+                return
+            await self.hide(extend_s)
+
+    async def dead_letter(self, reason: str, detail: str, token: str | None = None) -> bool:
+        """Copy the message to the queue's DLQ with why; False if there is none, the copy
+        failed, or it cannot say why within SQS's size limit (then it is parked)."""
+        dead_letter_url = self.queue.runtime.dead_letter_url
+        if dead_letter_url is None:
+            return False
+        # The detail is often an exception's message, which may quote the token.
+        detail = redact_token(detail, token or current_token() or "")
+        copy = dead_letter_copy(self.message, self.queue.name, reason, detail)
+        if not copy.fits:
+            # The body alone nearly fills SQS's limit, so the copy cannot say why.  Never
+            # truncate a body: hide the message instead and let the queue's redrive
+            # policy move it as it is.
+            log.error(
+                "message %s (%s on %s) is too large to copy to the dead-letter queue with "
+                "its reason; left to the queue's redrive policy",
+                self.message.message_id,
+                reason,
+                self.queue.name,
+            )
+            await self.park()
+            return False
+        params = copy.send_params(dead_letter_url, self.message)
+        attempt = 1
+        while True:
+            try:
+                await self.queue.sqs.send_message(**params)
+            except Exception as exc:  # noqa: BLE001 - the message stays; logged
+                if attempt < _DLQ_ATTEMPTS and classify(exc) is ErrorKind.TRANSIENT:
+                    await anyio.sleep(random.uniform(0, _DLQ_BACKOFF_S * 2**attempt))
+                    attempt += 1
+                    continue
+                log.error(
+                    "copy of message %s to the dead-letter queue failed (%s); kept for redelivery",
+                    self.message.message_id,
+                    error_code(exc) or type(exc).__name__,
+                )
+                return False
+            else:
+                return True
+
+    async def _change_visibility(self, timeout_s: int, doing: str) -> None:
+        try:
+            await self.queue.sqs.change_message_visibility(
+                QueueUrl=self.queue.runtime.url,
+                ReceiptHandle=self.message.receipt_handle,
+                VisibilityTimeout=timeout_s,
+            )
+        except Exception as exc:  # noqa: BLE001 - worst case: the queue's own timeout applies
+            log.warning(
+                "ChangeMessageVisibility (%s) failed for message %s on %s (%s)",
+                doing,
+                self.message.message_id,
+                self.queue.name,
+                error_code(exc) or type(exc).__name__,
+            )
