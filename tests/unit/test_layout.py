@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import re
 import statistics
 import subprocess
 import sys
@@ -249,3 +250,21 @@ def test_the_version_is_written_once() -> None:
     attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
     assert attr == "broker._version.__version__"
     assert broker.__version__ == importlib.metadata.version("sfn-callback-broker")
+
+
+def test_architecture_doc_names_every_module() -> None:
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"^\| `([\w.]+)`", doc, flags=re.MULTILINE))
+    wanted = set()
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            # A package's docstring is its line; only the top-level and testing ones are rows.
+            if len(parts) == 1:
+                wanted.add("broker")
+            elif parts[0] == "testing":
+                wanted.add("testing")
+            continue
+        wanted.add(".".join(parts))
+    assert not wanted - named, f"modules docs/architecture.md does not name: {wanted - named}"
+    assert not named - wanted, f"docs/architecture.md names modules that are gone: {named - wanted}"
