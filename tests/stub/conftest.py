@@ -10,7 +10,7 @@ import aioboto3
 import pytest
 from aiobotocore.config import AioConfig
 
-from bench.awsstub import StubControl, StubServer
+from awsstub import StubControl, StubServer
 
 # Variables that would send an SDK elsewhere than the endpoint we give it.
 _ENV_OVERRIDES = (

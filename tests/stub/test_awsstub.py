@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.retries.standard import ThrottledRetryableChecker
 
-from bench.awsstub import StubControl, StubProcess, StubServer
+from awsstub import StubControl, StubProcess, StubServer
 from broker import Broker, BrokerSettings, QueueSettings
 from handlers.seeds import router as seed_router
 

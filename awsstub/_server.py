@@ -44,7 +44,7 @@ class _Drop(Exception):
 Response = tuple[int, bytes, bytes | None]  # status, JSON body, x-amzn-query-error
 
 
-def _ok(result: dict[str, Any]) -> Response:
+def _ok(result: dict[str, Any] | list[Any]) -> Response:
     return 200, orjson.dumps(result), None
 
 
