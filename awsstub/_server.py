@@ -105,7 +105,7 @@ class _Aws:
             "ApproximateNumberOfMessages": str(counts["visible"]),
             "ApproximateNumberOfMessagesNotVisible": str(counts["in_flight"]),
             "ApproximateNumberOfMessagesDelayed": str(counts["delayed"]),
-            "FifoQueue": "false",
+            # No FifoQueue: SQS (and moto, LocalStack) name it on FIFO queues only.
         }
         if queue.redrive_policy:
             every["RedrivePolicy"] = queue.redrive_policy

@@ -54,6 +54,9 @@ class FakeSfn(Faults):
         self.heartbeats: Counter[str] = Counter()
         #: Completions answered TaskTimedOut because the task was already closed.
         self.duplicates = 0
+        #: Calls answered InvalidToken: a token this fake never handed out.
+        self.unknown_tokens = 0
+        self._issued: set[str] = set()
         self.activities: dict[str, _Activity] = {}
         self.activity_poll_s = activity_poll_s
         #: Tokens handed out by GetActivityTask, in order.
@@ -120,9 +123,17 @@ class FakeSfn(Faults):
             self.handed_out.append(token)
             return {"taskToken": token, "input": input_json}
 
-    def new_token(self) -> str:
+    def new_token(self, token: str | None = None) -> str:
+        """A token for a task that is open until its first success or failure.
+
+        ``token`` chooses it (a short one, say, like the emulators' UUIDs); any other
+        token is answered ``InvalidToken``, as Step Functions answers a token it never
+        handed out.
+        """
         # Long and opaque like the real thing, so leak checks have something to find.
-        return f"AQB{next(self._tokens):08d}" + uuid.uuid4().hex * 8
+        token = token or f"AQB{next(self._tokens):08d}" + uuid.uuid4().hex * 8
+        self._issued.add(token)
+        return token
 
     def close(self, token: str) -> None:
         """Mark a task closed (timed out) so later calls answer TaskTimedOut."""
@@ -166,3 +177,7 @@ class FakeSfn(Faults):
         if token in self.outcomes:
             self.duplicates += 1
             raise client_error("TaskTimedOut", "Task Timed Out")
+        if token not in self._issued:
+            # As Step Functions (and moto, LocalStack, the stub): a token never handed out.
+            self.unknown_tokens += 1
+            raise client_error("InvalidToken", "Invalid Token")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,9 @@ class _Queue:
     visibility_timeout_s: int
     messages: dict[str, _Stored] = field(default_factory=dict)
     attributes: dict[str, str] = field(default_factory=dict)
+    #: Receipt handles no longer current (the message was received again, or deleted),
+    #: by the message they named: SQS still accepts them (tests/contract).
+    retired: dict[str, str] = field(default_factory=dict)
 
 
 class FakeSqs(Faults):
@@ -127,13 +130,19 @@ class FakeSqs(Faults):
     ) -> dict[str, Any]:
         async with self._call("get_queue_attributes"):
             queue = self._queue(QueueUrl)
-            return {
-                "Attributes": {
-                    "VisibilityTimeout": str(queue.visibility_timeout_s),
-                    "ApproximateNumberOfMessages": str(len(queue.messages)),
-                    **queue.attributes,
-                }
+            now = anyio.current_time()
+            visible = sum(1 for m in queue.messages.values() if m.visible_at <= now)
+            every = {
+                "VisibilityTimeout": str(queue.visibility_timeout_s),
+                # As SQS counts them: visible, and in flight, apart.
+                "ApproximateNumberOfMessages": str(visible),
+                "ApproximateNumberOfMessagesNotVisible": str(len(queue.messages) - visible),
+                "ApproximateNumberOfMessagesDelayed": "0",
+                **queue.attributes,
             }
+            if "All" in AttributeNames:
+                return {"Attributes": every}
+            return {"Attributes": {k: v for k, v in every.items() if k in AttributeNames}}
 
     async def send_message(
         self,
@@ -154,6 +163,11 @@ class FakeSqs(Faults):
                     f"than {MAX_MESSAGE_BYTES} bytes.",
                 )
             queue = self._queue(QueueUrl)
+            if queue.attributes.get("FifoQueue") == "true" and not MessageGroupId:
+                raise client_error(
+                    "MissingParameter",
+                    "The request must contain the parameter MessageGroupId.",
+                )
             message_id = f"m-{next(self._ids):06d}"
             queue.messages[message_id] = _Stored(
                 message_id,
@@ -190,6 +204,9 @@ class FakeSqs(Faults):
         MaxNumberOfMessages: int = 1,
         WaitTimeSeconds: int = 0,
         VisibilityTimeout: int | None = None,
+        MessageSystemAttributeNames: Sequence[str] = (),
+        AttributeNames: Sequence[str] = (),
+        MessageAttributeNames: Sequence[str] = (),
         **_: Any,
     ) -> dict[str, Any]:
         if not 1 <= MaxNumberOfMessages <= 10:
@@ -205,8 +222,11 @@ class FakeSqs(Faults):
                     break
                 await anyio.sleep(min(0.005, deadline - now))
             out = []
+            system_names = {*MessageSystemAttributeNames, *AttributeNames}
             for stored in ready[:MaxNumberOfMessages]:
                 stored.receive_count += 1
+                if stored.receipt_handle is not None:
+                    queue.retired[stored.receipt_handle] = stored.message_id
                 stored.receipt_handle = uuid.uuid4().hex
                 timeout_s = (
                     VisibilityTimeout
@@ -214,17 +234,18 @@ class FakeSqs(Faults):
                     else queue.visibility_timeout_s
                 )
                 stored.visible_at = now + timeout_s
-                system = {"ApproximateReceiveCount": str(stored.receive_count)}
-                if stored.group_id:
-                    system["MessageGroupId"] = stored.group_id
                 raw: dict[str, Any] = {
                     "MessageId": stored.message_id,
                     "ReceiptHandle": stored.receipt_handle,
                     "Body": stored.body,
-                    "Attributes": system,
                 }
-                if stored.attributes:
-                    raw["MessageAttributes"] = stored.attributes
+                # As SQS: only the attributes the call asked for, and no key when none.
+                system = _selected(_system_attributes(stored), system_names)
+                if system:
+                    raw["Attributes"] = system
+                chosen = _selected(stored.attributes, MessageAttributeNames)
+                if chosen:
+                    raw["MessageAttributes"] = chosen
                 out.append(raw)
             if out and self.answer_latency_s:
                 await anyio.sleep(self.answer_latency_s)
@@ -243,14 +264,18 @@ class FakeSqs(Faults):
             queue = self._queue(QueueUrl)
             successful, failed = [], []
             for entry in Entries:
-                found = self._by_handle(queue, entry["ReceiptHandle"])
-                if found is None:
-                    failed.append(
-                        {"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True}
-                    )
-                else:
+                handle = entry["ReceiptHandle"]
+                found = self._by_handle(queue, handle)
+                if found is not None:
                     del queue.messages[found.message_id]
+                    if found.receipt_handle is not None:
+                        queue.retired[found.receipt_handle] = found.message_id
                     successful.append({"Id": entry["Id"]})
+                elif handle in queue.retired:
+                    # Deleting a deleted message succeeds, as on SQS.
+                    successful.append({"Id": entry["Id"]})
+                else:
+                    failed.append(_invalid_handle_entry(entry["Id"]))
             return {"Successful": successful, "Failed": failed}
 
     async def change_message_visibility(
@@ -281,9 +306,7 @@ class FakeSqs(Faults):
             for entry in Entries:
                 found = self._by_handle(queue, entry["ReceiptHandle"])
                 if found is None:
-                    failed.append(
-                        {"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True}
-                    )
+                    failed.append(_invalid_handle_entry(entry["Id"]))
                 else:
                     found.visible_at = anyio.current_time() + int(entry["VisibilityTimeout"])
                     successful.append({"Id": entry["Id"]})
@@ -317,4 +340,39 @@ class FakeSqs(Faults):
 
     @staticmethod
     def _by_handle(queue: _Queue, handle: str) -> _Stored | None:
-        return next((m for m in queue.messages.values() if m.receipt_handle == handle), None)
+        """The message still in the queue that ``handle`` names, current or stale."""
+        current = next((m for m in queue.messages.values() if m.receipt_handle == handle), None)
+        if current is not None:
+            return current
+        # A handle from an earlier receive still acts on its message (SQS, moto, LocalStack).
+        return queue.messages.get(queue.retired.get(handle, ""))
+
+
+def _system_attributes(stored: _Stored) -> dict[str, str]:
+    every = {"ApproximateReceiveCount": str(stored.receive_count)}
+    if stored.group_id:
+        every["MessageGroupId"] = stored.group_id
+    return every
+
+
+def _selected(available: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """What a receive asked for: ``All`` (or ``.*``), names, or ``prefix.*``."""
+    wanted = list(names)
+    if "All" in wanted or ".*" in wanted:
+        return dict(available)
+    chosen: dict[str, Any] = {}
+    for name in wanted:
+        if name.endswith(".*"):
+            chosen.update({k: v for k, v in available.items() if k.startswith(name[:-1])})
+        elif name in available:
+            chosen[name] = available[name]
+    return chosen
+
+
+def _invalid_handle_entry(entry_id: str) -> dict[str, Any]:
+    return {
+        "Id": entry_id,
+        "Code": "ReceiptHandleIsInvalid",
+        "SenderFault": True,
+        "Message": "The input receipt handle is invalid.",
+    }

@@ -203,7 +203,7 @@ async def test_queue_attributes_and_redrive_to_the_dead_letter_queue(
     assert attributes["VisibilityTimeout"] == "7"
     assert attributes["RedrivePolicy"] == policy
     assert attributes["ApproximateNumberOfMessages"] == "1"
-    assert attributes["FifoQueue"] == "false"
+    assert "FifoQueue" not in attributes, "as SQS: named on FIFO queues only"
 
     [message] = await receive(sqs, url)
     await sqs.change_message_visibility(

@@ -357,7 +357,7 @@ async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_runnin
     )
     sfn = RecordingSfn()
     async with TestBroker(bad_input_router(), settings, sfn=sfn) as tb:
-        token = row.token or tb.sfn.new_token()
+        token = tb.sfn.new_token(row.token)
         body = row.body(token)
         tb.sqs.put("tasks", body, row.attributes)
         await tb.wait_idle(timeout_s=15)
