@@ -141,7 +141,7 @@ async def test_batches_send_delay_receive_and_per_entry_delete_outcomes(
     sqs: Any, control: AsyncControl
 ) -> None:
     url = await make_queue(sqs)
-    entries = [{"Id": str(i), "MessageBody": f"m{i}"} for i in range(9)]
+    entries: list[dict[str, Any]] = [{"Id": str(i), "MessageBody": f"m{i}"} for i in range(9)]
     entries.append({"Id": "late", "MessageBody": "late", "DelaySeconds": 30})
     sent = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
     assert len(sent["Successful"]) == 10
@@ -325,7 +325,7 @@ async def test_throttling_is_seen_by_botocore_as_throttling_and_retried(
         # Heartbeats are not in `apis`: untouched.
         with pytest.raises(sfn.exceptions.InvalidToken):
             await sfn.send_task_heartbeat(taskToken="t")
-    throttle_codes = ThrottledRetryableChecker._THROTTLED_ERROR_CODES
+    throttle_codes = ThrottledRetryableChecker._THROTTLED_ERROR_CODES  # type: ignore[attr-defined]
     for caught in (sfn_error.value, sqs_error.value):
         assert code_of(caught) in throttle_codes
         assert caught.response["ResponseMetadata"]["RetryAttempts"] == 1, "botocore retried"
