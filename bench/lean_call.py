@@ -242,7 +242,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.awsstub import StubProcess
+    from awsstub import StubProcess
 
     with StubProcess() as stub:
         for row in uvloop.run(run(stub.endpoint_url, args.calls)):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.awsstub import StubProcess
+from awsstub import StubProcess
 from bench.floor import COMPONENTS, component_of, own_time_by_component
 from bench.run import PYTHON, RESULTS, contenders, run_one
 

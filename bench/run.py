@@ -6,7 +6,7 @@ bbc/sqs-consumer, all completing the same tasks on the same stub, in one run.
 
     .venv/bin/python bench/run.py [--full] [--only NAME ...] [--latencies 0,20]
 
-One stub process (bench/awsstub) with an injected latency per AWS call; each contender
+One stub process (awsstub/) with an injected latency per AWS call; each contender
 runs as its own process.  A run: reset the stub, start the contender, wait until it
 polls, add N tasks at once, wait until the stub has seen every token closed, then read
 the contender's CPU (user+sys from /proc) and peak RSS (VmHWM) and stop it (SIGTERM).
@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.awsstub import StubControl, StubProcess  # noqa: E402 - after the path fix
+from awsstub import StubControl, StubProcess  # noqa: E402 - after the path fix
 
 RESULTS = REPO / "bench" / "results"
 PYTHON = str(REPO / ".venv" / "bin" / "python")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.awsstub import StubControl, StubProcess
+from awsstub import StubControl, StubProcess
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

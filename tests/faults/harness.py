@@ -4,7 +4,7 @@
 
 What it does, in one process tree on loopback:
 
-1. starts the fast AWS stub (``bench.awsstub``) in its own process;
+1. starts the fast AWS stub (``awsstub``, the top-level dev package) in its own process;
 2. fills a queue with tasks whose outcome is decided by their payload alone
    (``tests/faults/handlers.py``): successes, failures, retries, slow handlers,
    heartbeats, exhausted attempts, invalid input, unknown types and poison bodies;
@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from bench.awsstub import StubControl, StubProcess
+from awsstub import StubControl, StubProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "faults"

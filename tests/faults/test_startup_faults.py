@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.awsstub import StubProcess
+from awsstub import StubProcess
 
 from .harness import REPO_ROOT, broker_env
 

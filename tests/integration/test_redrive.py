@@ -57,7 +57,7 @@ async def _settle(aws: EmbeddedAws, url: str, want: int, timeout_s: float = 20) 
 
 def _bodies(aws: EmbeddedAws, url: str) -> list[tuple[str, dict[str, Any]]]:
     sqs = aws.client("sqs")
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     while batch := sqs.receive_message(
         QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=30
     ).get("Messages"):

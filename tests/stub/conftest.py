@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import aioboto3
 import pytest
 from aiobotocore.config import AioConfig
 
-from bench.awsstub import StubControl, StubServer
+from awsstub import StubControl, StubServer
 from broker.local.env import AWS_OVERRIDES
 
 
@@ -57,7 +57,7 @@ def client_config(attempts: int = 1) -> AioConfig:
     )
 
 
-async def _client(stub: StubServer, service: str) -> AsyncIterator[Any]:
+async def _client(stub: StubServer, service: Literal["sqs", "stepfunctions"]) -> AsyncIterator[Any]:
     session = aioboto3.Session(region_name="us-east-1")
     config = client_config()
     async with session.client(service, endpoint_url=stub.endpoint_url, config=config) as client:

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.retries.standard import ThrottledRetryableChecker
 
-from bench.awsstub import StubControl, StubProcess, StubServer
+from awsstub import StubControl, StubProcess, StubServer
 from broker import Broker, BrokerSettings, QueueSettings
 from handlers.seeds import router as seed_router
 
@@ -141,7 +141,7 @@ async def test_batches_send_delay_receive_and_per_entry_delete_outcomes(
     sqs: Any, control: AsyncControl
 ) -> None:
     url = await make_queue(sqs)
-    entries = [{"Id": str(i), "MessageBody": f"m{i}"} for i in range(9)]
+    entries: list[dict[str, Any]] = [{"Id": str(i), "MessageBody": f"m{i}"} for i in range(9)]
     entries.append({"Id": "late", "MessageBody": "late", "DelaySeconds": 30})
     sent = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
     assert len(sent["Successful"]) == 10
@@ -203,7 +203,7 @@ async def test_queue_attributes_and_redrive_to_the_dead_letter_queue(
     assert attributes["VisibilityTimeout"] == "7"
     assert attributes["RedrivePolicy"] == policy
     assert attributes["ApproximateNumberOfMessages"] == "1"
-    assert attributes["FifoQueue"] == "false"
+    assert "FifoQueue" not in attributes, "as SQS: named on FIFO queues only"
 
     [message] = await receive(sqs, url)
     await sqs.change_message_visibility(
@@ -325,7 +325,7 @@ async def test_throttling_is_seen_by_botocore_as_throttling_and_retried(
         # Heartbeats are not in `apis`: untouched.
         with pytest.raises(sfn.exceptions.InvalidToken):
             await sfn.send_task_heartbeat(taskToken="t")
-    throttle_codes = ThrottledRetryableChecker._THROTTLED_ERROR_CODES
+    throttle_codes = ThrottledRetryableChecker._THROTTLED_ERROR_CODES  # type: ignore[attr-defined]
     for caught in (sfn_error.value, sqs_error.value):
         assert code_of(caught) in throttle_codes
         assert caught.response["ResponseMetadata"]["RetryAttempts"] == 1, "botocore retried"

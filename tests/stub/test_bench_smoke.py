@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.awsstub import StubProcess
+from awsstub import StubProcess
 from bench.run import contenders, median_runs, run_one, table
 
 

@@ -320,7 +320,7 @@ class _LateAnswer(FakeSfn):
         super().__init__(activity_poll_s=0.1)
         self._stop = stop
 
-    async def get_activity_task(
+    async def get_activity_task(  # type: ignore[return]  # CancelScope may swallow: it won't
         self, *, activityArn: str, workerName: str | None = None
     ) -> dict[str, Any]:
         await self._stop.wait()

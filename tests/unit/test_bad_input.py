@@ -345,6 +345,12 @@ def settled_outcomes(tb: TestBroker) -> dict[Outcome, int]:
     return {o: tb.broker.stats.total(o) for o in Outcome if tb.broker.stats.total(o)}
 
 
+def test_every_row_has_an_id_of_its_own() -> None:
+    # pytest would number duplicates ("name0", "name1"): a row must read as what it tests.
+    names = [row.name for row in ROWS]
+    assert len(set(names)) == len(names), sorted(n for n in names if names.count(n) > 1)
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_running(
     row: Row,
@@ -357,7 +363,7 @@ async def test_bad_input_gets_its_documented_outcome_and_the_broker_keeps_runnin
     )
     sfn = RecordingSfn()
     async with TestBroker(bad_input_router(), settings, sfn=sfn) as tb:
-        token = row.token or tb.sfn.new_token()
+        token = tb.sfn.new_token(row.token)
         body = row.body(token)
         tb.sqs.put("tasks", body, row.attributes)
         await tb.wait_idle(timeout_s=15)

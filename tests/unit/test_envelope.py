@@ -8,7 +8,9 @@ from broker.sqs.envelope import Envelope, EnvelopeSpec, Poison, PoisonReason, pa
 SPEC = EnvelopeSpec()
 
 
-def parse(body: object, attributes: dict[str, str] | None = None, spec: EnvelopeSpec = SPEC):
+def parse(
+    body: object, attributes: dict[str, str] | None = None, spec: EnvelopeSpec = SPEC
+) -> Envelope | Poison:
     raw = body if isinstance(body, str | bytes) else orjson.dumps(body)
     return parse_envelope(raw, attributes or {}, spec)
 

@@ -27,7 +27,8 @@ def test_signature_equals_botocores(token: str | None) -> None:
         request
     )
     ours = SigV4("eu-west-1", "states").headers(
-        ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI", token),
+        # botocore's NamedTuple has read-only fields; SigV4's protocol declares them settable.
+        ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI", token),  # type: ignore[arg-type]
         "states.eu-west-1.amazonaws.com",
         TARGET,
         BODY,
@@ -40,8 +41,8 @@ def test_signature_equals_botocores(token: str | None) -> None:
 def test_signing_key_follows_a_rotated_secret() -> None:
     signer = SigV4("us-east-1", "states")
     date = "20261123T120000Z"
-    first = signer.headers(ReadOnlyCredentials("A", "s1", None), "h", TARGET, BODY, date)
-    second = signer.headers(ReadOnlyCredentials("A", "s2", None), "h", TARGET, BODY, date)
+    first = signer.headers(ReadOnlyCredentials("A", "s1", None), "h", TARGET, BODY, date)  # type: ignore[arg-type]
+    second = signer.headers(ReadOnlyCredentials("A", "s2", None), "h", TARGET, BODY, date)  # type: ignore[arg-type]
     assert first["Authorization"] != second["Authorization"]
 
 

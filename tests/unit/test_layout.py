@@ -230,11 +230,6 @@ def module_sizes() -> dict[str, int]:
     }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 11: the splits of sqs/processor.py, local/ and testing/ land from other "
-    "branches; the integrator makes this strict once they have",
-)
 def test_modules_are_small() -> None:
     sizes = module_sizes()
     too_long = {path: lines for path, lines in sizes.items() if lines > MAX_LINES}

@@ -5,7 +5,7 @@
     with StubProcess() as stub:               # in its own process (benchmarks)
         control = StubControl(stub.endpoint_url)
 
-See ``bench/awsstub/README.md`` for the protocol, the control endpoints and the faults.
+See ``awsstub/README.md`` for the protocol, the control endpoints and the faults.
 """
 
 from __future__ import annotations

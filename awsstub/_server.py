@@ -44,7 +44,7 @@ class _Drop(Exception):
 Response = tuple[int, bytes, bytes | None]  # status, JSON body, x-amzn-query-error
 
 
-def _ok(result: dict[str, Any]) -> Response:
+def _ok(result: dict[str, Any] | list[Any]) -> Response:
     return 200, orjson.dumps(result), None
 
 
@@ -105,7 +105,7 @@ class _Aws:
             "ApproximateNumberOfMessages": str(counts["visible"]),
             "ApproximateNumberOfMessagesNotVisible": str(counts["in_flight"]),
             "ApproximateNumberOfMessagesDelayed": str(counts["delayed"]),
-            "FifoQueue": "false",
+            # No FifoQueue: SQS (and moto, LocalStack) name it on FIFO queues only.
         }
         if queue.redrive_policy:
             every["RedrivePolicy"] = queue.redrive_policy

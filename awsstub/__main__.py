@@ -1,4 +1,4 @@
-"""``python -m bench.awsstub --host 127.0.0.1 --port 0``: serve until SIGTERM/SIGINT."""
+"""``python -m awsstub --host 127.0.0.1 --port 0``: serve until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def _serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.awsstub", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m awsstub", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["StubControl", "StubProcess"]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "awsstub listening on "
 
 
@@ -102,7 +102,7 @@ class StubControl:
 
 
 class StubProcess:
-    """``python -m bench.awsstub`` in its own process, for the length of a ``with`` block."""
+    """``python -m awsstub`` in its own process, for the length of a ``with`` block."""
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class StubProcess:
         return self._process.pid
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "bench.awsstub", "--host", self.host]
+        command = [sys.executable, "-m", "awsstub", "--host", self.host]
         command += ["--port", str(self.port)]
         if not self.uvloop:
             command.append("--no-uvloop")

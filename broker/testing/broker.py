@@ -1,0 +1,147 @@
+"""``TestBroker``: the real ``Broker`` on the in-memory fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+
+from broker.aws.protocols import AwsClients
+from broker.core.settings import BrokerSettings, QueueSettings
+from broker.observability.tracing import Tracer
+from broker.service import Broker
+from broker.testing.sfn import FakeSfn
+from broker.testing.sqs import FakeSqs
+
+__all__ = ["TestBroker"]
+
+
+class TestBroker:
+    """The real ``Broker`` on in-memory fakes.  An async context manager.
+
+    ``settings`` defaults to one queue named ``"tasks"`` with a short long-poll and no
+    retry backoff (``retry_base_delay_s`` 0): a handler that raises is retried at once,
+    so a test of the retry path, or of attempts running out, takes milliseconds.  The
+    other settings keep their defaults: a message the broker sets aside (poison without
+    a dead-letter queue, a completion never confirmed) stays hidden for
+    ``retry_max_delay_s``.  The fakes keep real time (speeding their clock up would also
+    shorten the visibility timeouts a running handler relies on); pass your own settings
+    to run with the production backoff (1 to 2 s before the first retry, doubling after)
+    and give ``wait_idle`` a ``timeout_s`` that covers it.
+
+    Tracing is off unless ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) is
+    given, whatever the environment says.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        router: Any,
+        settings: BrokerSettings | None = None,
+        *,
+        sqs: FakeSqs | None = None,
+        sfn: FakeSfn | None = None,
+        tracer_provider: Any = None,
+    ) -> None:
+        settings = settings or BrokerSettings(
+            queues=(QueueSettings(name="tasks", wait_time_s=1),),
+            entry_points=False,
+            delete_linger_s=0.01,
+            retry_base_delay_s=0,
+        )
+        if "http_port" not in settings.model_fields_set:
+            # Many test brokers run at once: no HTTP server unless a test asks for one.
+            settings = settings.model_copy(update={"http_port": None})
+        self.settings = settings
+        self.sqs = sqs or FakeSqs()
+        self.sfn = sfn or FakeSfn()
+        for queue in self.settings.queues:
+            for name in (queue.name, queue.dead_letter_queue):
+                if name and self.sqs._url(name) not in self.sqs.queues:
+                    self.sqs.create_queue(name.rsplit("/", 1)[-1])
+        for activity in self.settings.activities:
+            if not activity.create_if_missing and not activity.name.startswith("arn:"):
+                self.sfn.add_activity(activity.name)
+        self.broker = Broker(
+            self.settings, router, clients=self._clients, tracer=Tracer(tracer_provider)
+        )
+        self._group: TaskGroup | None = None
+
+    @asynccontextmanager
+    async def _clients(self, _: BrokerSettings) -> AsyncIterator[AwsClients]:
+        yield AwsClients(sqs=self.sqs, sfn=self.sfn)
+
+    async def __aenter__(self) -> Self:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        await self._group.start(self._run)
+        return self
+
+    async def _run(self, *, task_status: Any) -> None:
+        await self.broker.run(task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.broker.request_stop()
+        assert self._group is not None
+        return await self._group.__aexit__(exc_type, exc, tb)
+
+    async def start_task(
+        self,
+        payload: Any,
+        *,
+        message_type: str | None = None,
+        queue: str | None = None,
+        token_field: str = "TaskToken",  # noqa: S107 - a field name
+        payload_field: str = "input",
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
+        """Put a callback message the way a state machine would; returns its token."""
+        token = self.sfn.new_token()
+        body: dict[str, Any] = {payload_field: payload, token_field: token}
+        message_attributes = dict(attributes or {})
+        if message_type is not None:
+            message_attributes.setdefault("type", message_type)
+        self.sqs.put(queue or self.settings.queues[0].name, orjson.dumps(body), message_attributes)
+        return token
+
+    def start_activity_task(self, input: Any, *, activity: str | None = None) -> str:
+        """Schedule an activity task the way a state machine would; returns its token."""
+        name = activity or self.settings.activities[0].name
+        return self.sfn.schedule_activity_task(name, input)
+
+    async def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no handler runs and no message of a consumed queue is visible or
+        due back within ``timeout_s`` (deletes flushed).
+
+        A message a handler's exception sent back with a backoff is hidden, not settled:
+        it counts as work until it has been redelivered and settled, if its backoff ends
+        within the timeout.  A message hidden for longer (a completion Step Functions
+        never confirmed waits out ``retry_max_delay_s``) is left to its visibility
+        timeout.  ``TimeoutError`` if the broker is still busy after ``timeout_s``.
+        """
+        deadline = anyio.current_time() + timeout_s
+        with anyio.fail_after(timeout_s):
+            while True:
+                await anyio.sleep(0.02)
+                left_s = deadline - anyio.current_time()
+                busy = (
+                    self.broker.in_flight
+                    or self.sfn.waiting_activity_tasks()
+                    or any(self.sqs.due(q.name, left_s) for q in self.settings.queues)
+                )
+                if not busy:
+                    # One linger more, so the last deletes are flushed.
+                    await anyio.sleep(self.settings.delete_linger_s + 0.05)
+                    if not self.broker.in_flight:
+                        return
