@@ -17,6 +17,7 @@ __all__ = [
     "ErrorKind",
     "classify",
     "error_code",
+    "error_name",
     "is_access_denied",
     "is_not_found",
     "is_throttle",
@@ -100,6 +101,14 @@ def error_code(exc: BaseException) -> str | None:
     if isinstance(exc, ClientError):
         return exc.response.get("Error", {}).get("Code")
     return None
+
+
+def error_name(exc: BaseException) -> str:
+    """What to log for a failed AWS call: its error code, else the exception's class.
+
+    Never the message: Step Functions' messages can quote the task token.
+    """
+    return error_code(exc) or type(exc).__name__
 
 
 def classify(exc: BaseException) -> ErrorKind:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
-from broker.aws.errors import HEARTBEAT_CLOSED_CODES, error_code, is_throttle
+from broker.aws.errors import HEARTBEAT_CLOSED_CODES, error_name, is_throttle
 from broker.aws.protocols import AwsClients, SfnApi, SqsApi
 from broker.observability.stats import Stats
 from broker.observability.tracing import Tracer
@@ -63,7 +63,7 @@ def _measured(stats: Stats, tracer: Tracer, api: str, call: _Call) -> _Call:
 
 
 def _count_error(stats: Stats, api: str, exc: Exception) -> None:
-    code = error_code(exc) or type(exc).__name__
+    code = error_name(exc)
     stats.aws_errors[(api, code)] += 1
     if is_throttle(code):
         stats.throttles[api] += 1

@@ -15,7 +15,13 @@ from typing import Final, TypeVar
 import anyio
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from broker.aws.errors import ErrorKind, classify, error_code, is_access_denied, is_not_found
+from broker.aws.errors import (
+    ErrorKind,
+    classify,
+    error_name,
+    is_access_denied,
+    is_not_found,
+)
 from broker.core.errors import AwsAccessDenied, AwsUnavailable, StartupError
 from broker.core.settings import ENV_PREFIX, BrokerSettings
 
@@ -67,7 +73,7 @@ def describe_aws_error(
     """
     region, endpoint = _where(client)
     in_region = f" in region {region}" if region else ""
-    code = error_code(exc) or type(exc).__name__
+    code = error_name(exc)
     if isinstance(exc, NoCredentialsError):
         return AwsAccessDenied(no_credentials(f"calling {api} for {subject}{in_region}"))
     if is_not_found(exc):
@@ -176,7 +182,7 @@ class StartupRetry:
                     "giving up in %.0fs",
                     api,
                     subject,
-                    error_code(exc) or type(exc).__name__,
+                    error_name(exc),
                     failures + 1,
                     delay_s,
                     remaining_s,

@@ -12,7 +12,7 @@ import logging
 import random
 from typing import Final
 
-from broker.aws.errors import classify, error_code
+from broker.aws.errors import classify, error_name
 
 __all__ = ["PollBackoff", "Slot"]
 
@@ -47,7 +47,7 @@ class PollBackoff:
             "%s on %s failed (%s, %s); next try in %.1fs",
             self._api,
             self._source,
-            error_code(exc) or type(exc).__name__,
+            error_name(exc),
             classify(exc).value,
             delay_s,
         )

@@ -27,7 +27,7 @@ from typing import Final
 import anyio
 from anyio.abc import TaskGroup
 
-from broker.aws.errors import error_code
+from broker.aws.errors import error_name
 from broker.core.slots import PollBackoff, Slot
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.delivery import Delivery, SqsQueue
@@ -210,7 +210,7 @@ class QueueConsumer:
                     )
                     failed += [str(entry.get("Code")) for entry in response.get("Failed", [])]
                 except Exception as exc:  # noqa: BLE001 - they return when their visibility lapses
-                    failed += [error_code(exc) or type(exc).__name__] * len(batch)
+                    failed += [error_name(exc)] * len(batch)
         if scope.cancelled_caught:
             failed = ["timeout"] * len(messages)
         log.info(

@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from broker.aws.errors import ErrorKind, classify, error_code
+from broker.aws.errors import ErrorKind, classify, error_name
 from broker.aws.protocols import SqsApi
 
 __all__ = ["MAX_BATCH", "DeleteBatcher"]
@@ -104,7 +104,7 @@ class DeleteBatcher:
                             "DeleteMessageBatch of %d failed on %s (%s); they will be redelivered",
                             len(entries),
                             self._queue_url,
-                            error_code(exc) or type(exc).__name__,
+                            error_name(exc),
                         )
                         return
                     await anyio.sleep(0.1 * 2**attempt)

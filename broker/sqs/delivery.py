@@ -24,7 +24,7 @@ from typing import Final
 
 import anyio
 
-from broker.aws.errors import ErrorKind, classify, error_code
+from broker.aws.errors import ErrorKind, classify, error_name
 from broker.aws.protocols import SqsApi
 from broker.observability.events import current_token
 from broker.observability.redact import redact_token
@@ -156,7 +156,7 @@ class Delivery:
                 log.error(
                     "copy of message %s to the dead-letter queue failed (%s); kept for redelivery",
                     self.message.message_id,
-                    error_code(exc) or type(exc).__name__,
+                    error_name(exc),
                 )
                 return False
             else:
@@ -175,5 +175,5 @@ class Delivery:
                 doing,
                 self.message.message_id,
                 self.queue.name,
-                error_code(exc) or type(exc).__name__,
+                error_name(exc),
             )
