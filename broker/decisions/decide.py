@@ -100,6 +100,36 @@ _TEXTS: Final = {
 }
 
 
+#: Requests that opened no link (forged, garbage, other methods) are logged at most this
+#: many times per window; the rest are counted, and the next line logged says how many.
+UNOPENED_LOG_BURST: Final = 20
+UNOPENED_LOG_WINDOW_S: Final = 60.0
+
+
+@dataclass(slots=True)
+class LogBudget:
+    """``burst`` log lines per ``window_s``; what is over is counted, not logged."""
+
+    burst: int
+    window_s: float
+    _window_start: float = float("-inf")
+    _used: int = 0
+    _dropped: int = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._window_start >= self.window_s:
+            self._window_start, self._used = now, 0
+        if self._used < self.burst:
+            self._used += 1
+            return True
+        self._dropped += 1
+        return False
+
+    def take_dropped(self) -> int:
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: DecisionStatus
@@ -130,12 +160,15 @@ class Decisions:
         *,
         clock: Callable[[], float] = time.time,
         deadline_s: float = DECIDE_DEADLINE_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.codec = codec
         self._completer = completer
         self._stats = stats
         self._clock = clock
         self._deadline_s = deadline_s
+        self._monotonic = monotonic
+        self._unopened = LogBudget(UNOPENED_LOG_BURST, UNOPENED_LOG_WINDOW_S)
 
     async def answer(self, method: str, blob: str) -> Answer:
         """The answer to ``method`` on the link ``blob``, counted and logged."""
@@ -187,14 +220,17 @@ class Decisions:
         self._stats.decisions[(answer.action, answer.status.value)] += 1
         if answer.status is DecisionStatus.NOT_FOUND:
             return  # not a link: counted only, so that scans cannot flood the log
+        if link is None and not self._unopened.allow(self._monotonic()):
+            return  # garbage sent in a loop: counted, and summed up in the next line logged
         ref = token_ref(link.token) if link is not None else None
+        more = self._unopened.take_dropped() if link is None else 0
         log.log(
             logging.WARNING if answer.status is DecisionStatus.UNCONFIRMED else logging.INFO,
             "decision link %s: %s%s (%s)",
             answer.action,
             answer.status.value,
             f" ({answer.reason})" if answer.reason else "",
-            ref or "no token",
+            (ref or "no token") + (f"; {more} more unopened since" if more else ""),
             extra={
                 "event": "decision",
                 "action": answer.action,
@@ -202,5 +238,6 @@ class Decisions:
                 "status": answer.status.value,
                 "http_status": answer.http_status,
                 "reason": answer.reason or None,
+                "unlogged_before": more or None,
             },
         )
