@@ -9,6 +9,9 @@ Public API::
     @router.handler("purchase")
     async def purchase(task: Task[PurchaseInput]) -> dict[str, str]:
         ...
+
+A handler can also hand its task to a person: ``task.decision_links(...)`` on a
+``decisions=True`` route, then ``return Deferred()`` (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from broker.core.errors import (
     AwsUnavailable,
     BrokerError,
     ConfigError,
+    DecisionsNotConfigured,
     ErrorName,
     NonRetryable,
     QueueNotFound,
@@ -33,6 +37,8 @@ from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import HandlerOptions, Route, Router
 from broker.core.settings import ActivitySettings, BrokerSettings, QueueSettings, load_settings
 from broker.core.task import Task
+from broker.core.verdict import Deferred
+from broker.decisions.links import DecisionLinks
 from broker.observability.stats import Outcome
 from broker.service import Broker
 
@@ -46,6 +52,9 @@ __all__ = [
     "BrokerError",
     "BrokerSettings",
     "ConfigError",
+    "DecisionLinks",
+    "DecisionsNotConfigured",
+    "Deferred",
     "ErrorName",
     "HandlerOptions",
     "NonRetryable",

@@ -1,4 +1,4 @@
-"""The ``broker`` command: run, check, handlers, healthcheck, redrive, demo.
+"""The ``broker`` command: run, check, handlers, healthcheck, redrive, decisions, demo.
 
 Exit codes: 0 done (a signal-initiated stop included), 1 a runtime failure (for
 example a queue that does not exist, denied access, no credentials, an endpoint that
@@ -30,6 +30,7 @@ from broker.core.loop import event_loop_options
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
+from broker.decisions.links import new_key
 from broker.observability.logs import configure_logging
 from broker.service import Broker, configuration_problems
 from broker.sqs.lookup import resolve_queue
@@ -61,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args)
     if args.command == "healthcheck":
         return _healthcheck(args.config, ready=args.ready)
+    if args.command == "decisions":
+        # keygen, the only subcommand: a key for BROKER_DECISION_KEYS, no settings needed.
+        print(new_key())
+        return 0
     try:
         settings = load_settings(args.config)
         configure_logging(
@@ -126,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     redrive.add_argument("dead_letter_queue", help="the DLQ, by name or URL")
     redrive.add_argument("--to", help="send everything here instead of each message's source")
     redrive.add_argument("--max", type=int, default=None, help="move at most this many")
+    decisions = commands.add_parser("decisions", help="decision links (docs/decisions.md)")
+    decisions_commands = decisions.add_subparsers(dest="decisions_command", required=True)
+    decisions_commands.add_parser(
+        "keygen", help="print a new key for BROKER_DECISION_KEYS (put it first to rotate)"
+    )
     demo = commands.add_parser(
         "demo", help="run the seed workflows end to end on an embedded emulator (no AWS)"
     )

@@ -32,6 +32,8 @@ from broker.core.errors import ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from broker.core.step import Step
+from broker.decisions.links import LinkMaker
+from broker.decisions.wiring import decision_codec, decision_problems
 from broker.observability.health import BrokerHealth
 from broker.observability.probes import Health
 from broker.observability.stats import Outcome, Stats
@@ -84,6 +86,8 @@ class Broker:
         self.activity_pollers: list[ActivityPoller] = []
         #: /livez /readyz /metrics, read from this broker when asked.
         self.health = BrokerHealth(self)
+        #: Decision links (docs/decisions.md): None unless BROKER_DECISION_KEYS is set.
+        self.codec = decision_codec(settings)
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
@@ -146,12 +150,18 @@ class Broker:
                 burst=settings.completion_burst,
                 max_attempts=settings.completion_max_attempts,
             )
+            links = (
+                LinkMaker(self.codec, settings.decision_ttl_s)
+                if self.codec is not None and settings.decision_base_url
+                else None
+            )
             # One step from handler to confirmation for every source.
             step = Step(
                 completer,
                 self.stats,
                 handler_timeout_s=settings.handler_timeout_s,
                 tracer=self.tracer,
+                links=links,
             )
             processor = MessageProcessor(
                 self.router,
@@ -300,4 +310,5 @@ def configuration_problems(settings: BrokerSettings, router: Router) -> list[Con
         problems.append(
             ConfigError(f"{ENV_PREFIX}QUEUES: no queue configured (and no {ENV_PREFIX}ACTIVITIES)")
         )
-    return problems + activity_route_problems(settings.activities, router)
+    problems += activity_route_problems(settings.activities, router)
+    return problems + decision_problems(settings, router)

@@ -21,7 +21,7 @@ from broker.core.errors import ErrorName
 from broker.core.router import Route, Router
 from broker.core.settings import ActivitySettings
 from broker.core.step import Completion, Origin, Step
-from broker.core.verdict import Closed, Failed, Retry, Succeeded, Verdict
+from broker.core.verdict import Closed, Deferred, Failed, Retry, Succeeded, Verdict
 from broker.observability.events import note_token, note_type
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome, Stats
@@ -144,6 +144,15 @@ class ActivityTaskProcessor:
                     token_ref(token),
                 )
                 return Outcome.TASK_CLOSED
+            case Deferred():
+                # Left open for a decision link (or the state's timeout) to complete.
+                log.info(
+                    "activity %s: handler %s deferred task %s",
+                    activity.name,
+                    route.message_type,
+                    token_ref(token),
+                )
+                return Outcome.DEFERRED
             case _:
                 assert_never(verdict)
 

@@ -4,6 +4,7 @@ Exception hierarchy (everything the broker raises derives from ``BrokerError``):
 
     BrokerError
     ├── ConfigError          bad settings; the message names the setting (start-up)
+    │   └── DecisionsNotConfigured  decision links or notify asked of a route without the option
     ├── RegistrationError    duplicate message type, non-async handler, bad plugin (start-up)
     ├── StartupError         an AWS call at start-up failed for good (exit 1)
     │   ├── QueueNotFound        a configured queue does not exist (or its error is unknown)
@@ -31,6 +32,7 @@ __all__ = [
     "AwsUnavailable",
     "BrokerError",
     "ConfigError",
+    "DecisionsNotConfigured",
     "ErrorName",
     "NonRetryable",
     "QueueNotFound",
@@ -63,6 +65,12 @@ class BrokerError(Exception):
 
 class ConfigError(BrokerError):
     """A setting is missing or invalid.  Raised at start-up, never mid-run."""
+
+
+class DecisionsNotConfigured(ConfigError):
+    """``task.decision_links()`` or ``task.notify()`` on a route registered without
+    ``decisions=True`` / ``notify=True``: the option is what makes start-up check the
+    settings those calls need."""
 
 
 class RegistrationError(BrokerError):

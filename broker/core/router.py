@@ -29,6 +29,11 @@ class HandlerOptions:
     max_attempts: int | None = None
     #: Send SendTaskHeartbeat this often while the handler runs.
     heartbeat_s: float | None = None
+    #: The handler may call ``task.decision_links()`` (start-up then requires
+    #: BROKER_DECISION_KEYS and BROKER_DECISION_BASE_URL; docs/decisions.md).
+    decisions: bool = False
+    #: The handler may call ``task.notify()`` (start-up then requires BROKER_DECISION_TOPIC).
+    notify: bool = False
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "heartbeat_s"):
@@ -76,12 +81,23 @@ class Router:
         timeout_s: float | None = None,
         max_attempts: int | None = None,
         heartbeat_s: float | None = None,
+        decisions: bool = False,
+        notify: bool = False,
     ) -> Callable[[F], F]:
-        """Register the decorated ``async def`` for one or more message types."""
+        """Register the decorated ``async def`` for one or more message types.
+
+        ``decisions=True`` lets it make decision links (``task.decision_links()``),
+        ``notify=True`` lets it publish to the decision topic (``task.notify()``); each
+        makes start-up check the settings it needs.
+        """
         if not message_types:
             raise RegistrationError("@router.handler() needs at least one message type")
         options = HandlerOptions(
-            timeout_s=timeout_s, max_attempts=max_attempts, heartbeat_s=heartbeat_s
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            heartbeat_s=heartbeat_s,
+            decisions=decisions,
+            notify=notify,
         )
 
         def register(func: F) -> F:

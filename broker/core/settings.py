@@ -18,10 +18,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -145,6 +147,30 @@ class BrokerSettings(BaseSettings):
     http_port: int | None = Field(
         default=8080, ge=0, le=65_535, description="Port of /livez /readyz /metrics (null: off)."
     )
+    decision_keys: tuple[SecretStr, ...] = Field(
+        default=(),
+        description="JSON list of decision-link keys (32 random bytes, URL-safe base64 each: "
+        "`broker decisions keygen`); the first makes links, all open them. Never printed.",
+    )
+    decision_base_url: str | None = Field(
+        default=None,
+        description="The public http(s) URL in front of the decision listener; links are "
+        "<this>/decisions/<blob>.",
+    )
+    decision_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="Default lifetime of a decision link."
+    )
+    decision_host: str = Field(default="0.0.0.0", description="Address of the decision listener.")  # noqa: S104 - reached through the proxy in front
+    decision_port: int | None = Field(
+        default=8081,
+        ge=0,
+        le=65_535,
+        description="Port of the decision listener, started when decision_keys are set "
+        "(null: off).",
+    )
+    decision_topic: str | None = Field(
+        default=None, description="SNS topic (name or ARN) that task.notify() publishes to."
+    )
     aws_region: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BROKER_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -191,6 +217,7 @@ class BrokerSettings(BaseSettings):
 
     @field_validator(
         "http_port",
+        "decision_port",
         "handler_timeout_s",
         "completion_rate_per_s",
         "completion_burst",
@@ -203,6 +230,18 @@ class BrokerSettings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in {"", "null", "none", "off"}:
             return None
         return value
+
+    @field_validator("decision_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        return value.strip().rstrip("/")
 
     @field_validator("log_level")
     @classmethod

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import ValidationError
@@ -31,14 +31,21 @@ from broker.core.errors import ErrorName, TaskClosed, TaskFailed
 from broker.core.payloads import encode_output, invalid_input_cause
 from broker.core.router import Route
 from broker.core.task import Task
-from broker.core.verdict import Closed, Failed, Succeeded, Verdict, retry_for, timed_out
+from broker.core.verdict import Closed, Deferred, Failed, Succeeded, Verdict, retry_for, timed_out
 from broker.observability.events import current_record, message_record, settled
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome, Stats
 from broker.observability.tracing import Tracer, annotate
 
+if TYPE_CHECKING:
+    from broker.decisions.links import LinkMaker
+
+#: ``task.notify``'s implementation: publish (message, subject), return the MessageId.
+Notifier = Callable[[Mapping[str, str], str | None], Awaitable[str]]
+
 __all__ = [
     "Completion",
+    "Notifier",
     "Origin",
     "Step",
     "heartbeat_or_raise",
@@ -101,11 +108,17 @@ class Step:
         *,
         handler_timeout_s: float | None,
         tracer: Tracer | None = None,
+        links: LinkMaker | None = None,
+        notify: Notifier | None = None,
     ) -> None:
         self._completer = completer
         self._stats = stats
         self._handler_timeout_s = handler_timeout_s
         self._tracer = tracer or Tracer(None)
+        #: What ``decisions=True`` / ``notify=True`` routes' tasks get (start-up checked
+        #: that the settings they need are there).
+        self._links = links
+        self._notify = notify
 
     async def observed(self, origin: Origin, decide: Callable[[], Awaitable[Outcome]]) -> Outcome:
         """``decide()`` inside the task's outcome record and span; counted and logged once."""
@@ -155,6 +168,10 @@ class Step:
             body=body,
             _send_heartbeat=lambda: heartbeat_or_raise(self._completer, token),
         )
+        if route.options.decisions and self._links is not None:
+            task._decision_links = self._links.links
+        if route.options.notify and self._notify is not None:
+            task._notify = self._notify
         # perf_counter: uvloop's loop clock ticks in whole milliseconds.
         started = time.perf_counter()
         with self._tracer.span(f"handler {route.message_type}"):
@@ -194,7 +211,9 @@ async def run_handler(route: Route, task: Task[Any], default_timeout_s: float | 
     timeout_s = route.options.timeout_s or default_timeout_s
     with anyio.move_on_after(timeout_s) as scope:
         try:
-            return Succeeded(await route.handler(task))
+            result = await route.handler(task)
+            # Deferred: the task stays open for someone else (a person) to complete.
+            return result if isinstance(result, Deferred) else Succeeded(result)
         except TaskFailed as exc:
             return Failed(exc.error, exc.cause)
         except TaskClosed:

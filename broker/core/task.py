@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from broker.core.errors import DecisionsNotConfigured
 from broker.observability.redact import token_ref
+
+if TYPE_CHECKING:
+    from broker.decisions.links import DecisionLinks
 
 __all__ = ["Task"]
 
@@ -15,6 +19,19 @@ PayloadT = TypeVar("PayloadT")
 
 async def _no_heartbeat() -> None:
     return None
+
+
+def _no_decisions(**_: Any) -> DecisionLinks:
+    raise DecisionsNotConfigured(
+        "task.decision_links() needs decisions=True on the handler's route: "
+        "@router.handler(..., decisions=True)"
+    )
+
+
+async def _no_notify(message: Mapping[str, str], subject: str | None) -> str:
+    raise DecisionsNotConfigured(
+        "task.notify() needs notify=True on the handler's route: @router.handler(..., notify=True)"
+    )
 
 
 @dataclass(eq=False, slots=True)
@@ -41,6 +58,13 @@ class Task(Generic[PayloadT]):
     #: The whole message body as parsed JSON, token included.
     body: Mapping[str, Any] = field(default_factory=dict, repr=False)
     _send_heartbeat: Callable[[], Awaitable[None]] = field(default=_no_heartbeat, repr=False)
+    #: Set by the broker on a ``decisions=True`` route: ``LinkMaker.links`` for this token.
+    _decision_links: Callable[..., DecisionLinks] = field(default=_no_decisions, repr=False)
+    #: Set by the broker on a ``notify=True`` route: publishes (message, subject), returns
+    #: the MessageId.
+    _notify: Callable[[Mapping[str, str], str | None], Awaitable[str]] = field(
+        default=_no_notify, repr=False
+    )
 
     @property
     def token_ref(self) -> str:
@@ -54,3 +78,37 @@ class Task(Generic[PayloadT]):
         stopped): stop working and let it propagate.
         """
         await self._send_heartbeat()
+
+    def decision_links(
+        self,
+        *,
+        subject: str = "",
+        details: str = "",
+        approve: Mapping[str, Any] | None = None,
+        reject: tuple[str, str] = ("Approval.Rejected", "Rejected by the reviewer"),
+        ttl_s: float | None = None,
+    ) -> DecisionLinks:
+        """An approve and a reject link for this task (docs/decisions.md).
+
+        Opening a link shows a page (``subject``, ``details``); only its button decides:
+        approve sends ``approve`` (a JSON object, default ``{"approved": true}``) plus
+        ``decided_at`` with SendTaskSuccess, reject sends ``reject`` (error, cause) with
+        SendTaskFailure.  The links expire after ``ttl_s`` (None:
+        ``BROKER_DECISION_TTL_S``).  Send them to the person, then return
+        ``Deferred()``.  ``ValueError`` if the texts are too long for a link;
+        ``DecisionsNotConfigured`` unless the route has ``decisions=True``.
+        """
+        return self._decision_links(
+            token=self.token,
+            subject=subject,
+            details=details,
+            approve=approve,
+            reject=reject,
+            ttl_s=ttl_s,
+        )
+
+    async def notify(self, message: Mapping[str, str], *, subject: str | None = None) -> str:
+        """Publish one message to ``BROKER_DECISION_TOPIC`` (SNS, ``MessageStructure=json``:
+        ``message`` holds one text per protocol, ``default`` required); the MessageId.
+        ``DecisionsNotConfigured`` unless the route has ``notify=True``."""
+        return await self._notify(message, subject)

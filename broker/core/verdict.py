@@ -1,8 +1,8 @@
-"""What a handler's run decided, as one of four frozen values.
+"""What a handler's run decided, as one of five frozen values.
 
 ``core.step`` turns whatever the handler did (returned, raised, timed out, was cancelled
 because the workflow closed the task) into a ``Verdict``; each source then takes it
-apart with one exhaustive ``match`` (mypy checks it with ``assert_never``), so a fifth
+apart with one exhaustive ``match`` (mypy checks it with ``assert_never``), so a sixth
 case cannot be added without every source handling it.
 
 - ``Succeeded(output)``: SendTaskSuccess with the value (encoded and size-checked when
@@ -10,7 +10,10 @@ case cannot be added without every source handling it.
 - ``Failed(error, cause, outcome)``: SendTaskFailure now, never retried;
 - ``Retry(error, cause, delay_s)``: the handler raised something undecided or timed out:
   a source that redelivers tries again, the others (and the last attempt) fail the task;
-- ``Closed()``: the workflow closed the task meanwhile: nothing is sent.
+- ``Closed()``: the workflow closed the task meanwhile: nothing is sent;
+- ``Deferred(reason)``: the handler returned ``Deferred()``: the task is left open in Step
+  Functions for someone else to complete (a person, through decision links): nothing
+  is sent, and an SQS message is deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from typing import TypeAlias
 from broker.core.errors import ErrorName, NonRetryable, RetryLater
 from broker.observability.stats import Outcome
 
-__all__ = ["Closed", "Failed", "Retry", "Succeeded", "Verdict", "retry_for", "timed_out"]
+__all__ = [
+    "Closed",
+    "Deferred",
+    "Failed",
+    "Retry",
+    "Succeeded",
+    "Verdict",
+    "retry_for",
+    "timed_out",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +85,19 @@ class Closed:
     """The workflow closed the task (a heartbeat said so): the work is unwanted."""
 
 
-Verdict: TypeAlias = Succeeded | Failed | Retry | Closed
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Return this from a handler to leave the task open for someone else to complete.
+
+    Typically after sending a person ``task.decision_links()``: the message is deleted,
+    nothing is sent to Step Functions, and the task waits until a link is used or the
+    state's own ``TimeoutSeconds`` fires.  ``reason`` is for the log.
+    """
+
+    reason: str = ""
+
+
+Verdict: TypeAlias = Succeeded | Failed | Retry | Closed | Deferred
 
 
 def retry_for(exc: Exception) -> Retry:

@@ -29,6 +29,7 @@ class Outcome(StrEnum):
     TASK_CLOSED = "task_closed"  # Step Functions says the task is already closed
     DUPLICATE = "duplicate"  # same token as a message in flight; settled by that one
     UNCONFIRMED = "unconfirmed"  # Step Functions did not confirm: message kept
+    DEFERRED = "deferred"  # handed to a person (decision links): message deleted, task open
 
     @property
     def settled(self) -> bool:

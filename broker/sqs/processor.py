@@ -14,6 +14,7 @@ through its ``Delivery`` (``sqs.delivery``)::
     Retry, attempts left                   -                         hide(backoff)
     Retry, last attempt (or NonRetryable)  fail                      dead_letter + delete
     Closed (the workflow gave up)          -                         delete
+    Deferred (handed to a person)          - (the task stays open)   delete
 
 "Once settled": only after Step Functions confirmed the outcome, or said the task is
 closed; otherwise the message is kept and comes back when its visibility lapses.
@@ -33,7 +34,7 @@ from broker.core.completer import Confirmation
 from broker.core.errors import ErrorName
 from broker.core.router import Route, Router
 from broker.core.step import Completion, Origin, Step
-from broker.core.verdict import Closed, Failed, Retry, Succeeded, Verdict
+from broker.core.verdict import Closed, Deferred, Failed, Retry, Succeeded, Verdict
 from broker.observability.events import note_error, note_token, note_type
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome
@@ -146,6 +147,18 @@ class MessageProcessor:
                 )
                 await delivery.delete()
                 return Outcome.TASK_CLOSED
+            case Deferred():
+                # The task waits in Step Functions for a decision link (or its timeout);
+                # the message has done its work.
+                log.info(
+                    "handler %s deferred the task (message %s, %s)%s",
+                    route.message_type,
+                    delivery.message.message_id,
+                    token_ref(token),
+                    f": {verdict.reason}" if verdict.reason else "",
+                )
+                await delivery.delete()
+                return Outcome.DEFERRED
             case _:
                 assert_never(verdict)
 

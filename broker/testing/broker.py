@@ -10,15 +10,20 @@ from typing import Any, Self
 import anyio
 import orjson
 from anyio.abc import TaskGroup
+from pydantic import SecretStr
 
 from broker.aws.protocols import AwsClients
 from broker.core.settings import BrokerSettings, QueueSettings
+from broker.decisions.links import new_key
 from broker.observability.tracing import Tracer
 from broker.service import Broker
 from broker.testing.sfn import FakeSfn
 from broker.testing.sqs import FakeSqs
 
 __all__ = ["TestBroker"]
+
+#: Where TestBroker's decision links point when the settings name no base URL.
+_TEST_BASE_URL = "http://broker.test"
 
 
 class TestBroker:
@@ -36,6 +41,11 @@ class TestBroker:
 
     Tracing is off unless ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) is
     given, whatever the environment says.
+
+    Decision links: when a route has ``decisions=True`` and the settings name no
+    ``decision_keys``, a fresh key and the base URL ``http://broker.test`` are used; no
+    decision listener is opened unless the settings set ``decision_port``.  ``decide``
+    answers a link as the endpoint would, without HTTP.
     """
 
     __test__ = False  # not a pytest test class
@@ -58,6 +68,15 @@ class TestBroker:
         if "http_port" not in settings.model_fields_set:
             # Many test brokers run at once: no HTTP server unless a test asks for one.
             settings = settings.model_copy(update={"http_port": None})
+        if "decision_port" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"decision_port": None})
+        if not settings.decision_keys and any(route.options.decisions for route in router):
+            settings = settings.model_copy(
+                update={
+                    "decision_keys": (SecretStr(new_key()),),
+                    "decision_base_url": settings.decision_base_url or _TEST_BASE_URL,
+                }
+            )
         self.settings = settings
         self.sqs = sqs or FakeSqs()
         self.sfn = sfn or FakeSfn()

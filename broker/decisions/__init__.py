@@ -1,0 +1,1 @@
+"""Decision links: a person completes a deferred task from a link (docs/decisions.md)."""
