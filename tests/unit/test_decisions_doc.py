@@ -13,6 +13,8 @@ from typing import Any
 
 from broker import BrokerSettings, Deferred, Task
 from broker.core.router import Router
+from broker.decisions.decide import _HTTP
+from broker.decisions.endpoint import SECURITY_HEADERS
 from broker.decisions.links import DecisionKeys, LinkCodec, LinkMaker, new_key
 from tests.cli import clean_env
 
@@ -21,7 +23,22 @@ DOC = ROOT / "docs" / "decisions.md"
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    """The fenced blocks of that language ("" for plain fences), fence by fence."""
+    found: list[str] = []
+    current: list[str] | None = None
+    opened = ""
+    for line in DOC.read_text().splitlines(keepends=True):
+        if line.startswith("```"):
+            if current is None:
+                current, opened = [], line[3:].strip()
+            else:
+                if opened == language:
+                    found.append("".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    assert current is None, "docs/decisions.md: a fence is not closed"
+    return found
 
 
 async def test_the_handler_example_makes_links_notifies_and_defers() -> None:
@@ -111,3 +128,11 @@ def test_the_settings_table_lists_every_decision_setting_with_its_default() -> N
         else:
             number = int(default) if isinstance(default, float) else default
             assert shown == f"`{number}`", (name, shown)
+
+
+def test_the_headers_and_the_answers_are_the_endpoints() -> None:
+    [headers] = [block for block in blocks("") if "Cache-Control" in block]
+    shown = dict(line.split(": ", 1) for line in headers.strip().splitlines())
+    assert shown == SECURITY_HEADERS
+    answered = {int(code) for code in re.findall(r"\| \*\*(\d{3})\*\*", DOC.read_text())}
+    assert answered == set(_HTTP.values())
