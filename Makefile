@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run check test unit integration faults localstack localstack-stop lint format clean bench bench-stub bench-deps
+.PHONY: install browser demo run check test unit integration faults localstack localstack-stop lint format clean bench bench-stub bench-deps
 
 install: $(STAMP)
 
@@ -14,6 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+## browser: headless Chromium from Debian's packages for tests/browser (as root, once; a
+## machine that has `chromium` already is left alone). Playwright (in the dev extra)
+## drives it through executable_path: `playwright install` is never needed.
+BROWSER_PACKAGES := chromium fonts-liberation
+
+browser:
+	@command -v chromium >/dev/null && chromium --version 2>/dev/null || { \
+	  apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) && \
+	  chromium --version; }
 
 ## demo: the seed workflows end to end on an embedded moto server (no AWS account)
 demo: install

@@ -47,12 +47,26 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 DEPLOY: Final = ROOT / "deploy"
 K8S_DEPLOYMENT: Final = DEPLOY / "kubernetes" / "deployment.yaml"
 K8S_KEDA: Final = DEPLOY / "kubernetes" / "keda-scaledobject.yaml"
+K8S_DECISIONS: Final = DEPLOY / "kubernetes" / "decisions.yaml"
 ECS_TASK: Final = DEPLOY / "ecs" / "task-definition.json"
+ECS_SERVICE: Final = DEPLOY / "ecs" / "service.json"
+ECS_TARGET_GROUP: Final = DEPLOY / "ecs" / "decisions-target-group.json"
+ECS_LISTENER_RULE: Final = DEPLOY / "ecs" / "decisions-listener-rule.json"
 IAM_POLICY: Final = DEPLOY / "iam" / "broker-policy.json"
 DASHBOARD: Final = DEPLOY / "grafana" / "broker-dashboard.json"
 DEPLOY_README: Final = DEPLOY / "README.md"
 OPERATIONS: Final = ROOT / "docs" / "operations.md"
-EXAMPLES: Final = (K8S_DEPLOYMENT, K8S_KEDA, ECS_TASK, IAM_POLICY, DASHBOARD)
+EXAMPLES: Final = (
+    K8S_DEPLOYMENT,
+    K8S_KEDA,
+    K8S_DECISIONS,
+    ECS_TASK,
+    ECS_SERVICE,
+    ECS_TARGET_GROUP,
+    ECS_LISTENER_RULE,
+    IAM_POLICY,
+    DASHBOARD,
+)
 
 #: The metrics of issue 6's contract, with their Prometheus types.
 CONTRACT_METRICS: Final = {
@@ -353,7 +367,10 @@ def test_ecs_ports_and_labels_match_broker_http_port(clean_environ: pytest.Monke
     port = settings_of(ecs_env(), clean_environ).http_port
     assert port, "the example must keep the HTTP server on"
     container = ecs_container()
-    assert [m["containerPort"] for m in container["portMappings"]] == [port]
+    ports = {m["name"]: m["containerPort"] for m in container["portMappings"]}
+    # The decision listener's mapping is checked in test_deploy_decisions.py.
+    assert ports.pop("http") == port
+    assert set(ports) <= {"decisions"}, ports
     labels = container["dockerLabels"]
     assert labels["ECS_PROMETHEUS_EXPORTER_PORT"] == str(port)
     assert labels["ECS_PROMETHEUS_METRICS_PATH"] == "/metrics"
