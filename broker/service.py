@@ -26,6 +26,7 @@ from broker.activities.processor import ActivityTaskProcessor
 from broker.aws.clients import open_clients
 from broker.aws.instrument import instrument
 from broker.aws.protocols import AwsClients, SqsApi
+from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry
 from broker.core.completer import Completer
 from broker.core.errors import ConfigError
@@ -155,6 +156,8 @@ class Broker:
                 if self.codec is not None and settings.decision_base_url
                 else None
             )
+            # BROKER_DECISION_TOPIC found once (a missing topic stops the start here).
+            topic = await open_topic(clients.sns, settings, retry)
             # One step from handler to confirmation for every source.
             step = Step(
                 completer,
@@ -162,6 +165,7 @@ class Broker:
                 handler_timeout_s=settings.handler_timeout_s,
                 tracer=self.tracer,
                 links=links,
+                notify=None if topic is None else topic.publish,
             )
             processor = MessageProcessor(
                 self.router,

@@ -18,6 +18,7 @@ from broker.decisions.links import new_key
 from broker.observability.tracing import Tracer
 from broker.service import Broker
 from broker.testing.sfn import FakeSfn
+from broker.testing.sns import FakeSns
 from broker.testing.sqs import FakeSqs
 
 __all__ = ["TestBroker"]
@@ -57,6 +58,7 @@ class TestBroker:
         *,
         sqs: FakeSqs | None = None,
         sfn: FakeSfn | None = None,
+        sns: FakeSns | None = None,
         tracer_provider: Any = None,
     ) -> None:
         settings = settings or BrokerSettings(
@@ -80,6 +82,12 @@ class TestBroker:
         self.settings = settings
         self.sqs = sqs or FakeSqs()
         self.sfn = sfn or FakeSfn()
+        self.sns = sns or FakeSns()
+        topic = self.settings.decision_topic
+        if sns is None and topic and not topic.startswith("arn:"):
+            # The decision topic the settings name exists, unless the test brings its
+            # own FakeSns (to start without it, say).
+            self.sns.add_topic(topic)
         for queue in self.settings.queues:
             for name in (queue.name, queue.dead_letter_queue):
                 if name and self.sqs._url(name) not in self.sqs.queues:
@@ -94,7 +102,7 @@ class TestBroker:
 
     @asynccontextmanager
     async def _clients(self, _: BrokerSettings) -> AsyncIterator[AwsClients]:
-        yield AwsClients(sqs=self.sqs, sfn=self.sfn)
+        yield AwsClients(sqs=self.sqs, sfn=self.sfn, sns=self.sns)
 
     async def __aenter__(self) -> Self:
         self._group = anyio.create_task_group()
