@@ -33,6 +33,8 @@ from broker.core.errors import ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from broker.core.step import Step
+from broker.decisions.decide import Decisions
+from broker.decisions.endpoint import serve_decisions
 from broker.decisions.links import LinkMaker
 from broker.decisions.wiring import decision_codec, decision_problems
 from broker.observability.health import BrokerHealth
@@ -89,6 +91,10 @@ class Broker:
         self.health = BrokerHealth(self)
         #: Decision links (docs/decisions.md): None unless BROKER_DECISION_KEYS is set.
         self.codec = decision_codec(settings)
+        #: Answers decision links once running (None without keys); ``decision_port`` is
+        #: where the decision endpoint listens (None: not listening).
+        self.decisions: Decisions | None = None
+        self.decision_port: int | None = None
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
@@ -167,6 +173,8 @@ class Broker:
                 links=links,
                 notify=None if topic is None else topic.publish,
             )
+            if self.codec is not None:
+                self.decisions = Decisions(self.codec, completer, self.stats)
             processor = MessageProcessor(
                 self.router,
                 step,
@@ -185,12 +193,31 @@ class Broker:
             async with anyio.create_task_group() as root:
                 for queue in queues:
                     await root.start(queue.deleter.run)
+                # Decisions are answered until the drain is over, then the listener goes.
+                listener = anyio.CancelScope()
+                if self.decisions is not None and settings.decision_port is not None:
+                    self.decision_port = await root.start(
+                        self._serve_decisions, self.decisions, listener
+                    )
                 try:
                     await self._consume(task_status)
                 finally:
+                    listener.cancel()
                     with anyio.CancelScope(shield=True), anyio.move_on_after(_FLUSH_TIMEOUT_S):
                         for queue in queues:
                             await queue.deleter.close()
+
+    async def _serve_decisions(
+        self, decisions: Decisions, scope: anyio.CancelScope, *, task_status: TaskStatus[int]
+    ) -> None:
+        settings = self.settings
+        with scope:
+            await serve_decisions(
+                decisions,
+                settings.decision_host,
+                settings.decision_port or 0,
+                task_status=task_status,
+            )
 
     async def _consume(self, task_status: TaskStatus[None]) -> None:
         assert self._stop is not None

@@ -35,6 +35,7 @@ METRIC_NAMES = (
     "broker_free_slots",
     "broker_delete_batch_size",
     "broker_heartbeats_total",
+    "broker_decisions_total",
     "broker_event_loop_lag_seconds",
     "broker_ready",
     "broker_draining",
@@ -118,6 +119,12 @@ class MetricsCollector(Collector):
             "SendTaskHeartbeat calls: sent, closed (the workflow gave up) or failed.",
             ["result"],
             {(result,): stats.heartbeats[result] for result in ("sent", "closed", "failed")},
+        )
+        yield _counter(
+            "broker_decisions",
+            "Answers of the decision endpoint, by the link's action and what was answered.",
+            ["action", "status"],
+            {key: n for key, n in stats.decisions.items()},
         )
         yield from self._gauge_families()
         yield _histogram(

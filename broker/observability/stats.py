@@ -133,6 +133,8 @@ class Stats:
         self.throttles: Counter[str] = Counter()
         self.heartbeats: Counter[str] = Counter()
         self.delete_batch_sizes = Histogram(BATCH_BUCKETS)
+        #: Answers of the decision endpoint: (action, status).
+        self.decisions: Counter[tuple[str, str]] = Counter()
         self.loop_lag = LoopLag(LAG_WINDOW_S, LAG_PROBE_S)
 
     def count(self, queue: str, outcome: Outcome, message_type: str = "none") -> None:

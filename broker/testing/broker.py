@@ -13,6 +13,7 @@ from anyio.abc import TaskGroup
 from pydantic import SecretStr
 
 from broker.aws.protocols import AwsClients
+from broker.core.errors import DecisionsNotConfigured
 from broker.core.settings import BrokerSettings, QueueSettings
 from broker.decisions.links import new_key
 from broker.observability.tracing import Tracer
@@ -172,3 +173,16 @@ class TestBroker:
                     await anyio.sleep(self.settings.delete_linger_s + 0.05)
                     if not self.broker.in_flight:
                         return
+
+    async def decide(self, url_or_blob: str, *, method: str = "POST") -> int:
+        """Answer a decision link as the decision endpoint would, without HTTP: the
+        status it would send (200, 403, 405, 409, 410, 503).  POST decides through the
+        broker's completer, so ``sfn.outcomes`` shows the decision afterwards."""
+        decisions = self.broker.decisions
+        if decisions is None:
+            raise DecisionsNotConfigured(
+                "TestBroker.decide: no decision keys (register a decisions=True route, or "
+                "set decision_keys) and a running broker"
+            )
+        answer = await decisions.answer(method.upper(), decisions.codec.blob_of(url_or_blob))
+        return answer.http_status

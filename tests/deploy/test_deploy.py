@@ -66,6 +66,7 @@ CONTRACT_METRICS: Final = {
     "broker_free_slots": "gauge",
     "broker_delete_batch_size": "histogram",
     "broker_heartbeats_total": "counter",
+    "broker_decisions_total": "counter",
     "broker_event_loop_lag_seconds": "gauge",
     "broker_ready": "gauge",
     "broker_draining": "gauge",

@@ -1,0 +1,206 @@
+"""One request on a decision link, answered: the endpoint's logic without HTTP.
+
+The endpoint (``decisions.endpoint``) and ``TestBroker.decide`` both call
+``Decisions.answer``::
+
+    request                         Step Functions            answer
+    a blob no configured key opens  -                         403 refused
+    GET / HEAD, link valid          -                         200 the page (nothing decided)
+    any method, link expired        -                         410 expired
+    POST approve                    SendTaskSuccess(output +  200 approved
+                                    decided_at)
+    POST reject                     SendTaskFailure(error,    200 rejected
+                                    cause)
+    ... the task already closed     (answered TaskTimedOut)   409 already decided
+    ... not confirmed after retries -                         503 not recorded, try again
+    another method                  -                         405
+
+Each answer is counted (``broker_decisions_total{action,status}``) and logged once on
+``broker.decision`` with the token's ``token_ref``: never the token, never the link.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Final
+
+import anyio
+import orjson
+
+from broker.core.completer import Completer, Confirmation
+from broker.decisions.links import DecisionLink, LinkCodec, LinkRefused
+from broker.decisions.pages import confirm_page, message_page
+from broker.observability.redact import token_ref
+from broker.observability.stats import Stats
+
+__all__ = ["Answer", "DecisionStatus", "Decisions"]
+
+log = logging.getLogger("broker.decision")
+
+#: How long a POST may wait for Step Functions (the Completer's retries included)
+#: before the person is told "not recorded, try again".
+DECIDE_DEADLINE_S: Final = 20.0
+
+
+class DecisionStatus(StrEnum):
+    """The ``status`` label of ``broker_decisions_total`` and of the log event."""
+
+    VIEWED = "viewed"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    ALREADY_DECIDED = "already_decided"
+    EXPIRED = "expired"
+    REFUSED = "refused"
+    UNCONFIRMED = "unconfirmed"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    FAILED = "failed"
+
+
+_HTTP: Final = {
+    DecisionStatus.VIEWED: 200,
+    DecisionStatus.APPROVED: 200,
+    DecisionStatus.REJECTED: 200,
+    DecisionStatus.ALREADY_DECIDED: 409,
+    DecisionStatus.EXPIRED: 410,
+    DecisionStatus.REFUSED: 403,
+    DecisionStatus.UNCONFIRMED: 503,
+    DecisionStatus.METHOD_NOT_ALLOWED: 405,
+    DecisionStatus.TOO_LARGE: 413,
+    DecisionStatus.NOT_FOUND: 404,
+    DecisionStatus.FAILED: 500,
+}
+
+_TEXTS: Final = {
+    DecisionStatus.APPROVED: ("Approved", "Your approval is recorded. You can close this page."),
+    DecisionStatus.REJECTED: ("Rejected", "Your rejection is recorded. You can close this page."),
+    DecisionStatus.ALREADY_DECIDED: (
+        "Already decided",
+        "This task was decided already (or its workflow stopped waiting); nothing changed.",
+    ),
+    DecisionStatus.EXPIRED: ("Link expired", "This link has expired; nothing was decided."),
+    DecisionStatus.REFUSED: ("Invalid link", "This link is not valid; nothing was decided."),
+    DecisionStatus.UNCONFIRMED: (
+        "Not recorded",
+        "Your decision could not be recorded just now. Please try again in a minute.",
+    ),
+    DecisionStatus.METHOD_NOT_ALLOWED: ("Not allowed", "Open the link in a browser."),
+    DecisionStatus.TOO_LARGE: ("Request too large", "Nothing was decided."),
+    DecisionStatus.NOT_FOUND: ("Not found", "There is nothing here."),
+    DecisionStatus.FAILED: (
+        "Not recorded",
+        "Step Functions refused this decision; it cannot be recorded.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: DecisionStatus
+    page: str
+    #: "approve", "reject", or "none" when the link did not open.
+    action: str = "none"
+    #: Why, for the log: a refusal's reason, the confirmation.
+    reason: str = ""
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP[self.status]
+
+
+def answer_page(status: DecisionStatus) -> str:
+    title, text = _TEXTS[status]
+    return message_page(title, text)
+
+
+class Decisions:
+    """Opens links and decides them through the broker's ``Completer``."""
+
+    def __init__(
+        self,
+        codec: LinkCodec,
+        completer: Completer,
+        stats: Stats,
+        *,
+        clock: Callable[[], float] = time.time,
+        deadline_s: float = DECIDE_DEADLINE_S,
+    ) -> None:
+        self.codec = codec
+        self._completer = completer
+        self._stats = stats
+        self._clock = clock
+        self._deadline_s = deadline_s
+
+    async def answer(self, method: str, blob: str) -> Answer:
+        """The answer to ``method`` on the link ``blob``, counted and logged."""
+        link: DecisionLink | None = None
+        if method not in ("GET", "HEAD", "POST"):
+            answer = Answer(
+                DecisionStatus.METHOD_NOT_ALLOWED, answer_page(DecisionStatus.METHOD_NOT_ALLOWED)
+            )
+        else:
+            try:
+                link = self.codec.open(blob)
+            except LinkRefused as refused:
+                refusal = DecisionStatus.REFUSED
+                answer = Answer(refusal, answer_page(refusal), reason=refused.reason)
+            else:
+                answer = await self._answer_link(method, link)
+        self.record(answer, link)
+        return answer
+
+    async def _answer_link(self, method: str, link: DecisionLink) -> Answer:
+        if self.codec.expired(link):
+            return self._plain(DecisionStatus.EXPIRED, link)
+        if method != "POST":
+            return Answer(DecisionStatus.VIEWED, confirm_page(link), link.action)
+        confirmation = Confirmation.UNCONFIRMED
+        with anyio.move_on_after(self._deadline_s):
+            confirmation = await self._decide(link)
+        if confirmation is Confirmation.CONFIRMED:
+            done = DecisionStatus.APPROVED if link.action == "approve" else DecisionStatus.REJECTED
+            return self._plain(done, link, confirmation.value)
+        if confirmation is Confirmation.TASK_CLOSED:
+            return self._plain(DecisionStatus.ALREADY_DECIDED, link, confirmation.value)
+        if confirmation is Confirmation.INVALID_OUTPUT:
+            return self._plain(DecisionStatus.FAILED, link, confirmation.value)
+        return self._plain(DecisionStatus.UNCONFIRMED, link, confirmation.value)
+
+    async def _decide(self, link: DecisionLink) -> Confirmation:
+        if link.action == "approve":
+            decided_at = datetime.fromtimestamp(self._clock(), UTC)
+            output = {**(link.output or {}), "decided_at": decided_at.isoformat(timespec="seconds")}
+            return await self._completer.succeed(link.token, orjson.dumps(output).decode())
+        return await self._completer.fail(link.token, link.error or "", link.cause or "")
+
+    def _plain(self, status: DecisionStatus, link: DecisionLink, reason: str = "") -> Answer:
+        return Answer(status, answer_page(status), link.action, reason)
+
+    def record(self, answer: Answer, link: DecisionLink | None = None) -> None:
+        """The answer's one count and, for a link, its one log event."""
+        self._stats.decisions[(answer.action, answer.status.value)] += 1
+        if answer.status is DecisionStatus.NOT_FOUND:
+            return  # not a link: counted only, so that scans cannot flood the log
+        ref = token_ref(link.token) if link is not None else None
+        log.log(
+            logging.WARNING if answer.status is DecisionStatus.UNCONFIRMED else logging.INFO,
+            "decision link %s: %s%s (%s)",
+            answer.action,
+            answer.status.value,
+            f" ({answer.reason})" if answer.reason else "",
+            ref or "no token",
+            extra={
+                "event": "decision",
+                "action": answer.action,
+                "token_ref": ref,
+                "status": answer.status.value,
+                "http_status": answer.http_status,
+                "reason": answer.reason or None,
+            },
+        )
