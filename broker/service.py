@@ -149,6 +149,9 @@ class Broker:
             clients = instrument(raw_clients, self.stats, self.tracer)
             # One deadline for every lookup of this start-up; not ready until they pass.
             retry = StartupRetry.from_settings(settings)
+            # BROKER_DECISION_TOPIC found once, before the queues' deleters exist: a
+            # missing topic stops the start with nothing to close.
+            topic = await open_topic(clients.sns, settings, retry)
             queues = [await self._open_queue(clients.sqs, q, retry) for q in settings.queues]
             completer = Completer(
                 clients.sfn,
@@ -162,8 +165,6 @@ class Broker:
                 if self.codec is not None and settings.decision_base_url
                 else None
             )
-            # BROKER_DECISION_TOPIC found once (a missing topic stops the start here).
-            topic = await open_topic(clients.sns, settings, retry)
             # One step from handler to confirmation for every source.
             step = Step(
                 completer,

@@ -7,7 +7,9 @@ module only talks to it: ``localstack_health`` says whether it is up, and
 
 ``python -m broker.local.localstack deploy`` deploys every seed flow to LocalStack and prints
 the settings for ``broker run`` as ``export`` lines (each seed queue with its dead-letter
-queue, so the broker starts without a warning); ``python -m broker.local.localstack start
+queue, so the broker starts without a warning; the decision topic, a fresh decision key
+and the decision listener on 127.0.0.1:8081 for seed 004's approvals, whose links arrive
+in the queue ``local-decisions-inbox``); ``python -m broker.local.localstack start
 FLOW INPUT`` runs one execution and prints how it ended (README, "Run against LocalStack").
 """
 
@@ -26,9 +28,10 @@ from broker.local.endpoint import AwsEndpoint, EndpointClients
 from broker.local.env import endpoint_env
 from broker.local.executions import start_executions, wait_for_executions
 from broker.local.flows import (
-    SEED_HANDLERS,
+    SEED_ROUTERS,
     deploy_activity_flow,
     deploy_seed_flows,
+    seed_decision_settings,
     seed_queue_settings,
 )
 
@@ -41,7 +44,9 @@ __all__ = [
 ]
 
 DEFAULT_ENDPOINT: Final = "http://127.0.0.1:4566"
-_REQUIRED_SERVICES: Final = ("sqs", "stepfunctions")
+_REQUIRED_SERVICES: Final = ("sqs", "stepfunctions", "sns")
+#: The decision listener's default port (BROKER_DECISION_PORT).
+_DECISION_PORT: Final = 8081
 _CREDENTIALS: Final = "test"  # LocalStack accepts any credentials
 _PREFIX: Final = "local"
 # Loopback only: a proxy from the environment must never see emulator traffic.
@@ -54,7 +59,8 @@ def localstack_endpoint() -> str:
 
 
 def localstack_health(endpoint: str, *, timeout_s: float = 2.0) -> str | None:
-    """``None`` when LocalStack answers with SQS and Step Functions available, else why not."""
+    """``None`` when LocalStack answers with SQS, Step Functions and SNS available, else
+    why not."""
     try:
         with _LOOPBACK_OPENER.open(f"{endpoint}/_localstack/health", timeout=timeout_s) as r:
             services = json.load(r).get("services", {})
@@ -96,9 +102,10 @@ def deploy_all(aws: AwsEndpoint) -> dict[str, str]:
     activities = [{"name": f"{_PREFIX}-activity", "handler": "verify"}]
     return {
         **aws.env(),
-        "BROKER_HANDLERS": json.dumps([SEED_HANDLERS]),
+        "BROKER_HANDLERS": json.dumps(list(SEED_ROUTERS)),
         "BROKER_QUEUES": json.dumps(seed_queue_settings(flows)),
         "BROKER_ACTIVITIES": json.dumps(activities),
+        **seed_decision_settings(flows, port=_DECISION_PORT),
     }
 
 

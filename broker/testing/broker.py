@@ -26,6 +26,8 @@ __all__ = ["TestBroker"]
 
 #: Where TestBroker's decision links point when the settings name no base URL.
 _TEST_BASE_URL = "http://broker.test"
+#: The decision topic (in ``sns``) when a route has ``notify=True`` and the settings name none.
+_TEST_TOPIC = "decisions"
 
 
 class TestBroker:
@@ -47,7 +49,9 @@ class TestBroker:
     Decision links: when a route has ``decisions=True`` and the settings name no
     ``decision_keys``, a fresh key and the base URL ``http://broker.test`` are used; no
     decision listener is opened unless the settings set ``decision_port``.  ``decide``
-    answers a link as the endpoint would, without HTTP.
+    answers a link as the endpoint would, without HTTP.  ``task.notify()`` publishes to
+    the FakeSns ``sns`` (``tb.sns.published``), to the topic ``decisions`` unless the
+    settings name one.
     """
 
     __test__ = False  # not a pytest test class
@@ -83,6 +87,8 @@ class TestBroker:
         self.settings = settings
         self.sqs = sqs or FakeSqs()
         self.sfn = sfn or FakeSfn()
+        if not self.settings.decision_topic and any(route.options.notify for route in router):
+            self.settings = self.settings.model_copy(update={"decision_topic": _TEST_TOPIC})
         self.sns = sns or FakeSns()
         topic = self.settings.decision_topic
         if sns is None and topic and not topic.startswith("arn:"):
