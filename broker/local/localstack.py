@@ -10,7 +10,9 @@ the settings for ``broker run`` as ``export`` lines (each seed queue with its de
 queue, so the broker starts without a warning; the decision topic, a fresh decision key
 and the decision listener on 127.0.0.1:8081 for seed 004's approvals, whose links arrive
 in the queue ``local-decisions-inbox``); ``python -m broker.local.localstack start
-FLOW INPUT`` runs one execution and prints how it ended (README, "Run against LocalStack").
+FLOW INPUT`` runs one execution and prints how it ended; ``python -m broker.local.localstack
+inbox`` prints the decision links waiting in the inbox queue, to open in a browser (README,
+"Run against LocalStack").
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("flow", choices=["callback", "verification", "transactions", "activity"])
     start.add_argument("input", help="the execution input, JSON")
     start.add_argument("--timeout", type=float, default=60.0)
+    commands.add_parser("inbox", help="print (and take) the decision links in the inbox queue")
     args = parser.parse_args(argv)
     endpoint = localstack_endpoint()
     problem = localstack_health(endpoint)
@@ -139,7 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in deploy_all(aws).items():
             print(f"export {name}={shlex.quote(value)}")
         return 0
+    if args.command == "inbox":
+        return _inbox(aws)
     return _start(aws, args.flow, json.loads(args.input), args.timeout)
+
+
+def _inbox(aws: LocalStackAws) -> int:
+    """The approval notifications in ``local-decisions-inbox``, one JSON line each (taken
+    off the queue: each is printed once)."""
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=f"{_PREFIX}-decisions-inbox")["QueueUrl"]
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+    for message in received.get("Messages", ()):
+        print(message["Body"])
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return 0
 
 
 if __name__ == "__main__":
