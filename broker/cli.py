@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.activities.poller import lookup_activity, resolve_activity
 from broker.aws.clients import open_clients
+from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
 from broker.core.loop import event_loop_options
@@ -251,6 +252,13 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
                     continue
                 activities_ok += 1
                 print(f"activity {activity.name}: ok ({arn}, {activity.pollers} poller(s))")
+            try:
+                topic = await open_topic(clients.sns, settings, retry)
+            except BrokerError as exc:
+                problem(f"decision topic {settings.decision_topic}", exc)
+            else:
+                if topic is not None:
+                    print(f"decision topic {settings.decision_topic}: ok ({topic.arn})")
     except BrokerError as exc:  # no region, no credentials for fast completions
         problem("aws", exc)
     _print_handlers(router)

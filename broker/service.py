@@ -26,6 +26,7 @@ from broker.activities.processor import ActivityTaskProcessor
 from broker.aws.clients import open_clients
 from broker.aws.instrument import instrument
 from broker.aws.protocols import AwsClients, SqsApi
+from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry
 from broker.core.completer import Completer
 from broker.core.errors import ConfigError
@@ -148,6 +149,9 @@ class Broker:
             clients = instrument(raw_clients, self.stats, self.tracer)
             # One deadline for every lookup of this start-up; not ready until they pass.
             retry = StartupRetry.from_settings(settings)
+            # BROKER_DECISION_TOPIC found once, before the queues' deleters exist: a
+            # missing topic stops the start with nothing to close.
+            topic = await open_topic(clients.sns, settings, retry)
             queues = [await self._open_queue(clients.sqs, q, retry) for q in settings.queues]
             completer = Completer(
                 clients.sfn,
@@ -168,6 +172,7 @@ class Broker:
                 handler_timeout_s=settings.handler_timeout_s,
                 tracer=self.tracer,
                 links=links,
+                notify=None if topic is None else topic.publish,
             )
             if self.codec is not None:
                 self.decisions = Decisions(self.codec, completer, self.stats)

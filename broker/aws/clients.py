@@ -1,4 +1,4 @@
-"""The real AWS clients: aioboto3 for SQS and Step Functions, and the lean completion client.
+"""The real AWS clients: aioboto3 for SQS, Step Functions and SNS, and the lean completion client.
 
 The protocols they satisfy are in ``broker.aws.protocols``, how their errors are read in
 ``broker.aws.errors``.
@@ -7,7 +7,7 @@ The protocols they satisfy are in ``broker.aws.protocols``, how their errors are
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final, cast
 
 import aioboto3
@@ -15,7 +15,7 @@ import aiohttp
 from aiobotocore.config import AioConfig
 
 from broker.aws.fastsfn import FastSfn
-from broker.aws.protocols import AwsClients, SfnApi, SqsApi
+from broker.aws.protocols import AwsClients, SfnApi, SnsApi, SqsApi
 from broker.aws.startup import no_credentials
 from broker.core.errors import AwsAccessDenied, ConfigError
 from broker.core.settings import ENV_PREFIX, BrokerSettings
@@ -28,7 +28,8 @@ ACTIVITY_POLL_READ_TIMEOUT_S: Final = 70
 
 @asynccontextmanager
 async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
-    """Open one SQS and one Step Functions client for the broker's lifetime."""
+    """Open one SQS and one Step Functions client for the broker's lifetime (and an SNS
+    client when a decision topic is configured)."""
     session = aioboto3.Session(region_name=settings.aws_region)
     if session.region_name is None:
         # botocore would raise NoRegionError from deep inside client creation.
@@ -66,14 +67,35 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
         session.client("sqs", config=sqs_config, endpoint_url=endpoint) as sqs,
         session.client("stepfunctions", config=sfn_config, endpoint_url=endpoint) as sfn,
         session.client("stepfunctions", config=poll_config, endpoint_url=endpoint) as sfn_poll,
+        AsyncExitStack() as optional,
     ):
+        sns: SnsApi | None = None
+        if settings.decision_topic:
+            # One Publish per approval: botocore's client with its standard retries
+            # is enough; what still fails is retried with the handler's attempt.
+            sns_config = AioConfig(
+                read_timeout=10,
+                connect_timeout=5,
+                retries={"mode": "standard", "total_max_attempts": 3},
+            )
+            sns = cast(
+                SnsApi,
+                await optional.enter_async_context(
+                    session.client("sns", config=sns_config, endpoint_url=endpoint)
+                ),
+            )
         if not settings.fast_completions:
             yield AwsClients(
-                sqs=cast(SqsApi, sqs), sfn=cast(SfnApi, sfn), sfn_poll=cast(SfnApi, sfn_poll)
+                sqs=cast(SqsApi, sqs),
+                sfn=cast(SfnApi, sfn),
+                sfn_poll=cast(SfnApi, sfn_poll),
+                sns=sns,
             )
             return
         async with _fast_sfn(session, sfn, settings) as fast:
-            yield AwsClients(sqs=cast(SqsApi, sqs), sfn=fast, sfn_poll=cast(SfnApi, sfn_poll))
+            yield AwsClients(
+                sqs=cast(SqsApi, sqs), sfn=fast, sfn_poll=cast(SfnApi, sfn_poll), sns=sns
+            )
 
 
 @asynccontextmanager

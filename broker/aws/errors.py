@@ -54,6 +54,9 @@ _TRANSIENT_CODES = frozenset(
         "InternalServerError",
         "RequestTimeout",
         "RequestTimeoutException",
+        # SNS: ThrottledException (HTTP 429) and KMS throttling an encrypted topic.
+        "Throttled",
+        "KMSThrottling",
     }
 )
 
@@ -65,6 +68,8 @@ _NOT_FOUND_CODES = frozenset(
         "QueueDoesNotExist",
         "ActivityDoesNotExist",
         "ResourceNotFoundException",
+        # SNS: GetTopicAttributes of a topic that does not exist.
+        "NotFound",
     }
 )
 # The credentials are wrong, expired or not allowed: IAM, not the queue, needs fixing.
@@ -85,6 +90,8 @@ _ACCESS_DENIED_CODES = frozenset(
         "MissingAuthenticationToken",
         "OptInRequired",
         "KMS.AccessDeniedException",
+        # SNS's own word for a denied call.
+        "AuthorizationError",
     }
 )
 

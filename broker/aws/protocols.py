@@ -1,6 +1,6 @@
-"""The AWS seam: the few client calls the broker makes, as two protocols.
+"""The AWS seam: the few client calls the broker makes, as three protocols.
 
-The broker talks to SQS and Step Functions only through these, so tests (and the
+The broker talks to SQS, Step Functions and SNS only through these, so tests (and the
 benchmarks) can swap the network for a fake; ``broker.aws.clients`` builds the real ones.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["AwsClients", "SfnApi", "SqsApi"]
+__all__ = ["AwsClients", "SfnApi", "SnsApi", "SqsApi"]
 
 
 # Read-only callables rather than methods, so that any keyword signature (botocore's
@@ -58,12 +58,30 @@ class SfnApi(Protocol):
     def create_activity(self) -> _Call: ...
 
 
+class SnsApi(Protocol):
+    """The SNS calls the broker makes: the decision topic's look-up and its notifications
+    (the demo and the seed deploy create topics and subscriptions through it too)."""
+
+    @property
+    def publish(self) -> _Call: ...
+    @property
+    def get_topic_attributes(self) -> _Call: ...
+    @property
+    def list_topics(self) -> _Call: ...
+    @property
+    def create_topic(self) -> _Call: ...
+    @property
+    def subscribe(self) -> _Call: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AwsClients:
     sqs: SqsApi
     sfn: SfnApi
     #: A Step Functions client for GetActivityTask's minute-long poll (default: ``sfn``).
     sfn_poll: SfnApi | None = None
+    #: SNS, opened only when a decision topic is configured (``BROKER_DECISION_TOPIC``).
+    sns: SnsApi | None = None
 
     @property
     def activity_sfn(self) -> SfnApi:

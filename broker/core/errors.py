@@ -9,11 +9,13 @@ Exception hierarchy (everything the broker raises derives from ``BrokerError``):
     ├── StartupError         an AWS call at start-up failed for good (exit 1)
     │   ├── QueueNotFound        a configured queue does not exist (or its error is unknown)
     │   ├── ActivityNotFound     a configured activity does not exist (or its error is unknown)
+    │   ├── TopicNotFound        the decision topic (BROKER_DECISION_TOPIC) does not exist
     │   ├── AwsAccessDenied      the credentials are missing, invalid, expired or not allowed
     │   └── AwsUnavailable       the endpoint unreachable, or transient errors past the deadline
     ├── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
     ├── RetryLater           raised by a handler: try this message again after delay_s
-    └── TaskClosed           raised by task.heartbeat(): the workflow closed the task
+    ├── TaskClosed           raised by task.heartbeat(): the workflow closed the task
+    └── NotificationFailed   raised by task.notify(): SNS did not take the message; retried
 
     NonRetryable             mixin: an exception class that fails the task at once
 
@@ -35,12 +37,14 @@ __all__ = [
     "DecisionsNotConfigured",
     "ErrorName",
     "NonRetryable",
+    "NotificationFailed",
     "QueueNotFound",
     "RegistrationError",
     "RetryLater",
     "StartupError",
     "TaskClosed",
     "TaskFailed",
+    "TopicNotFound",
 ]
 
 ERROR_PREFIX: Final = "Broker."
@@ -57,6 +61,8 @@ class ErrorName:
     RETRIES_EXHAUSTED: Final = "Broker.RetriesExhausted"
     #: An activity task cut off by the drain (or handed out as it began): retryable.
     SHUTTING_DOWN: Final = "Broker.ShuttingDown"
+    #: ``task.notify``: SNS can never take this message (no ``default``, too large).
+    NOTIFICATION_REFUSED: Final = "Broker.NotificationRefused"
 
 
 class BrokerError(Exception):
@@ -91,6 +97,10 @@ class QueueNotFound(StartupError):
 
 class ActivityNotFound(StartupError):
     """A configured activity does not exist (and may not be created), or its lookup failed."""
+
+
+class TopicNotFound(StartupError):
+    """The decision topic (``BROKER_DECISION_TOPIC``) does not exist, or its lookup failed."""
 
 
 class AwsAccessDenied(StartupError):
@@ -145,4 +155,13 @@ class NonRetryable(Exception):
 
     The task fails with the exception's class name as ``error`` and its message as
     ``cause``, exactly as when retries are exhausted, but without waiting for them.
+    """
+
+
+class NotificationFailed(BrokerError):
+    """SNS did not take a ``task.notify`` message (throttled, unavailable, denied).
+
+    Like any exception a handler lets through, the task's message is retried with
+    backoff: nothing is lost.  (If SNS took the message but its answer was lost, the
+    retry sends the notification a second time; the links in both work alike.)
     """

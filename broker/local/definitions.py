@@ -11,6 +11,8 @@ from typing import Any, Final
 __all__ = ["activity_definition", "callback_definitions"]
 
 _CALLBACK_RESOURCE: Final = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+#: The approval state's timeout: the links' default lifetime (86,400 s) and an hour more.
+_DECISION_TIMEOUT_S: Final = 90_000
 
 
 def _callback_task(
@@ -56,15 +58,19 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
                 "Done": {"Type": "Pass", "End": True},
             },
         },
-        # seed 004 (CDK): payload under `Payload`, token under `TaskToken`.
+        # seed 004 (CDK): payload under `Payload`, token under `TaskToken`.  A person
+        # decides (handlers.approval): the state waits at most a little longer than the
+        # links live (BROKER_DECISION_TTL_S, a day), and has no HeartbeatSeconds, since
+        # nothing heartbeats a task handed to a person (docs/decisions.md).
         "verification": {
-            "Comment": "Verification flow: a worker verifies the payload.",
+            "Comment": "Verification flow: a person approves or rejects the payload.",
             "StartAt": "Verify",
             "States": {
                 "Verify": {
                     **_callback_task(
                         queues["verification"], {"Payload.$": "$", "TaskToken.$": "$$.Task.Token"}
                     ),
+                    "TimeoutSeconds": _DECISION_TIMEOUT_S,
                     "End": True,
                 },
             },

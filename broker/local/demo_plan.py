@@ -1,6 +1,9 @@
 """``broker demo``, the plan: which executions to start, and what each one must end as.
 
-The expectations restate handlers/seeds.py on purpose: the demo checks the handlers too.
+The expectations restate handlers/seeds.py and handlers/approval.py on purpose: the demo
+checks the handlers too.  The verification flow (seed 004) is decided by a person: the
+demo's ``local.demo_person`` approves some, rejects others, and only opens the link of
+one (``Case.VERIFY_WAITING``), which must then still be waiting.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ class Case(StrEnum):
     """What an execution exercises: one row of the summary table."""
 
     CALLBACK = "callback"
-    VERIFY_SUCCESS = "verify-success"
-    VERIFY_OTHER = "verify-other"
+    VERIFY_APPROVE = "verify-approve"
+    VERIFY_REJECT = "verify-reject"
+    VERIFY_WAITING = "verify-waiting"
     PURCHASE = "purchase"
     REFUND = "refund"
 
@@ -48,20 +52,23 @@ class Case(StrEnum):
 
 _CASE_LABELS: Final = {
     Case.CALLBACK: "callback",
-    Case.VERIFY_SUCCESS: "verification SUCCESS",
-    Case.VERIFY_OTHER: "verification other",
+    Case.VERIFY_APPROVE: "verification approved",
+    Case.VERIFY_REJECT: "verification rejected",
+    Case.VERIFY_WAITING: "verification GET only",
     Case.PURCHASE: "transactions PURCHASE",
     Case.REFUND: "transactions REFUND",
 }
 _CASE_FLOWS: Final = {
     Case.CALLBACK: "callback",
-    Case.VERIFY_SUCCESS: "verification",
-    Case.VERIFY_OTHER: "verification",
+    Case.VERIFY_APPROVE: "verification",
+    Case.VERIFY_REJECT: "verification",
+    Case.VERIFY_WAITING: "verification",
     Case.PURCHASE: "transactions",
     Case.REFUND: "transactions",
 }
 # Out of every ten executions: 4 callback, 3 transactions, 3 verification, interleaved so
-# that all three queues are busy at once. Within a flow the two cases alternate.
+# that all three queues are busy at once. Within a flow the two cases alternate, except
+# that the first verification is the one whose link the person only opens.
 _SLOTS: Final = (
     "callback",
     "transactions",
@@ -76,7 +83,7 @@ _SLOTS: Final = (
 )
 _FLOW_CASES: Final = {
     "callback": (Case.CALLBACK, Case.CALLBACK),
-    "verification": (Case.VERIFY_SUCCESS, Case.VERIFY_OTHER),
+    "verification": (Case.VERIFY_APPROVE, Case.VERIFY_REJECT),
     "transactions": (Case.PURCHASE, Case.REFUND),
 }
 
@@ -84,6 +91,8 @@ _FLOW_CASES: Final = {
 class Verdict(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED_AS_EXPECTED = "failed as expected"
+    #: Still RUNNING, as planned: its link was opened (GET) and never used.
+    WAITING_AS_EXPECTED = "waiting as expected"
     UNEXPECTED = "unexpected"
     STUCK = "stuck"
 
@@ -97,7 +106,8 @@ class PlannedExecution:
 
 @dataclass(frozen=True)
 class Expected:
-    """What the seed handler decides. In `output`, a type stands for any value of it."""
+    """What the seed handler (or the person) decides. In `output`, a type stands for any
+    value of it.  ``status`` RUNNING: the execution must still be waiting."""
 
     status: str
     output: Any = None
@@ -117,17 +127,26 @@ def plan_executions(count: int) -> list[PlannedExecution]:
     plan: list[PlannedExecution] = []
     for index in range(count):
         flow = _SLOTS[index % len(_SLOTS)]
-        case = _FLOW_CASES[flow][seen[flow] % 2]
+        if flow == "verification" and not seen[flow]:
+            case = Case.VERIFY_WAITING
+        else:
+            # The waiting one does not shift the alternation: approve comes next.
+            case = _FLOW_CASES[flow][(seen[flow] - (flow == "verification")) % 2]
         seen[flow] += 1
         plan.append(PlannedExecution(index=index, case=case, input=_input_for(case, index)))
     return plan
 
 
 def _input_for(case: Case, index: int) -> dict[str, Any]:
-    if case is Case.VERIFY_SUCCESS:
-        return {"in": "SUCCESS", "order": index}
-    if case is Case.VERIFY_OTHER:
-        return {"in": "RANDOM", "order": index}
+    if case.flow == "verification":
+        # What handlers.approval reads (subject), and what the person finds the execution
+        # by (order, in the details the handler makes of the other fields).
+        amount = 10 + index % 90
+        return {
+            "subject": f"Approve order {index} ({amount} EUR)",
+            "order": index,
+            "amount": amount,
+        }
     if case is Case.PURCHASE:
         return {"TransactionType": "PURCHASE", "order": index, "amount": 10 + index % 90}
     if case is Case.REFUND:
@@ -140,10 +159,12 @@ def expected_for(planned: PlannedExecution) -> Expected:
     case = planned.case
     if case is Case.CALLBACK:
         return Expected("SUCCEEDED", output={"body": "Return from callback"})
-    if case is Case.VERIFY_SUCCESS:
-        return Expected("SUCCEEDED", output={"result": planned.input})
-    if case is Case.VERIFY_OTHER:
-        return Expected("FAILED", error="NO_SUCCESS_INPUT")
+    if case is Case.VERIFY_APPROVE:
+        return Expected("SUCCEEDED", output={"approved": True, "decided_at": str})
+    if case is Case.VERIFY_REJECT:
+        return Expected("FAILED", error="Approval.Rejected")
+    if case is Case.VERIFY_WAITING:
+        return Expected("RUNNING")
     message = _PURCHASE_MESSAGE if case is Case.PURCHASE else _REFUND_MESSAGE
     return Expected(
         "SUCCEEDED",
@@ -157,6 +178,10 @@ def expected_for(planned: PlannedExecution) -> Expected:
 
 def judge(expected: Expected, result: ExecutionResult) -> tuple[Verdict, str | None]:
     """The verdict on one execution, and why when it is not the expected one."""
+    if expected.status == "RUNNING":
+        if result.status == "RUNNING":
+            return Verdict.WAITING_AS_EXPECTED, None
+        return Verdict.UNEXPECTED, f"{result.status}, expected it to be still waiting"
     if result.status == "RUNNING":
         return Verdict.STUCK, "still RUNNING"
     if result.status != expected.status:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from broker.local.demo_person import PersonReport
 from broker.local.demo_plan import Case, Judgement, Verdict
 from broker.observability.stats import Outcome
 from broker.service import Broker
@@ -35,25 +36,44 @@ def report(
     left: Mapping[str, int],
     planned: int,
     emulator_errors: Counter[str],
+    person: PersonReport | None = None,
 ) -> list[str]:
     """The summary printed to stdout at the end."""
     leftovers = "  ".join(f"{name} {count}" for name, count in left.items() if count)
+    empty = "none (seed, dead-letter and inbox queues empty)"
     return [
         "",
         *summary_table(judgements),
         "",
         *_timing(judgements, starts),
         *_broker_counters(broker),
+        *(decision_lines(person) if person is not None else []),
         *_emulator_errors(emulator_errors),
-        f"queues       messages left: {leftovers or 'none (seed and dead-letter queues empty)'}",
-        *_problems(judgements, planned - len(judgements)),
+        f"queues       messages left: {leftovers or empty}",
+        *_problems(judgements, planned - len(judgements), person),
     ]
 
 
-def exit_code(judgements: Sequence[Judgement], planned: int) -> int:
-    """0 only if every planned execution ran and ended as its handler decided."""
+def exit_code(
+    judgements: Sequence[Judgement], planned: int, person: PersonReport | None = None
+) -> int:
+    """0 only if every planned execution ran and ended as its handler decided (or still
+    waits, as planned), and every decision link answered as it should."""
     problems = any(j.verdict in {Verdict.UNEXPECTED, Verdict.STUCK} for j in judgements)
-    return 1 if problems or len(judgements) < planned else 0
+    links_wrong = person is not None and bool(person.problems)
+    return 1 if problems or links_wrong or len(judgements) < planned else 0
+
+
+def decision_lines(person: PersonReport) -> list[str]:
+    """What happened to the approvals: notifications, pages, decisions."""
+    repeats = ", ".join(f"{status}" for status in sorted(person.repeats)) or "not tried"
+    return [
+        f"decisions    {person.notifications} sent through SNS to the inbox queue; "
+        f"{person.pages} GETs (mail scanner, person) showed the page, decided nothing",
+        f"             {person.approved} approved, {person.rejected} rejected (POST); "
+        f"{len(person.only_opened)} only opened, still waiting as planned; "
+        f"a link POSTed twice: {repeats}",
+    ]
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -157,18 +177,33 @@ def _emulator_errors(seen: Counter[str]) -> list[str]:
     return lines
 
 
-def _problems(judgements: Sequence[Judgement], not_started: int) -> list[str]:
+def _problems(
+    judgements: Sequence[Judgement], not_started: int, person: PersonReport | None = None
+) -> list[str]:
     bad = [j for j in judgements if j.verdict in {Verdict.UNEXPECTED, Verdict.STUCK}]
-    if not bad and not not_started:
-        return [f"verdict      all {len(judgements)} executions ended as their handlers decided"]
+    link_problems = person.problems if person is not None else []
+    if not bad and not not_started and not link_problems:
+        waiting = sum(1 for j in judgements if j.verdict is Verdict.WAITING_AS_EXPECTED)
+        if not waiting:
+            return [
+                f"verdict      all {len(judgements)} executions ended as their handlers decided"
+            ]
+        return [
+            f"verdict      all {len(judgements)} executions as their handlers and the person "
+            f"decided: {len(judgements) - waiting} ended, {waiting} still waiting for a "
+            "decision (its link opened, never used)"
+        ]
     counts = Counter(j.verdict for j in bad)
     summary = f"{counts[Verdict.UNEXPECTED]} unexpected, {counts[Verdict.STUCK]} stuck"
     if not_started:
         summary += f", {not_started} never started"
+    if link_problems:
+        summary += f", {len(link_problems)} decision link problem(s)"
     lines = [f"verdict      FAILED: {summary}"]
     for judgement in bad[:_PROBLEMS_LISTED]:
         name = judgement.result.arn.rsplit(":", 1)[-1]
         lines.append(f"  {name} ({judgement.planned.case.label}): {judgement.reason}")
     if len(bad) > _PROBLEMS_LISTED:
         lines.append(f"  … and {len(bad) - _PROBLEMS_LISTED} more")
+    lines.extend(f"  {problem}" for problem in link_problems[:_PROBLEMS_LISTED])
     return lines

@@ -1,8 +1,8 @@
 """``broker demo``, the run: the broker consumes while a worker thread starts executions.
 
-`exercise` runs the real `Broker` and a `Launcher` side by side until every started
-execution has ended (or the timeout passes); `judge_all` and `messages_left` then read
-what the emulator holds.
+`exercise` runs the real `Broker`, a `Launcher` and the `Person` who answers the
+approvals side by side until every started execution has ended, or is waiting as planned
+(or the timeout passes); `judge_all` and `messages_left` then read what the emulator holds.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -21,11 +22,18 @@ from typing import Any, Final
 import anyio
 
 from broker.core.settings import BrokerSettings, QueueSettings
-from broker.local.demo_plan import Judgement, PlannedExecution, expected_for, judge
+from broker.local.demo_person import Person
+from broker.local.demo_plan import Case, Judgement, PlannedExecution, expected_for, judge
 from broker.local.demo_progress import Progress, Snapshot
 from broker.local.endpoint import AwsEndpoint
 from broker.local.executions import describe_execution, running_executions
-from broker.local.flows import SEED_HANDLERS, SeedFlows, queue_name, seed_queue_settings
+from broker.local.flows import (
+    SEED_ROUTERS,
+    SeedFlows,
+    queue_name,
+    seed_decision_settings,
+    seed_queue_settings,
+)
 from broker.service import Broker
 
 __all__ = [
@@ -42,15 +50,31 @@ _POLL_INTERVAL_S: Final = 0.5
 
 
 def demo_settings(aws: AwsEndpoint, flows: SeedFlows) -> BrokerSettings:
-    """The settings a deployment of the seeds would write, pointing at the emulator."""
+    """The settings a deployment of the seeds would write, pointing at the emulator; the
+    decision listener on a free loopback port."""
+    decisions = seed_decision_settings(flows, port=_free_port())
     return BrokerSettings(
         queues=tuple(QueueSettings.model_validate(row) for row in seed_queue_settings(flows)),
-        handlers=(SEED_HANDLERS,),
+        handlers=SEED_ROUTERS,
         entry_points=False,
         http_port=None,
         aws_region=aws.region,
         aws_endpoint_url=aws.endpoint_url,
+        decision_topic=decisions["BROKER_DECISION_TOPIC"],
+        decision_keys=json.loads(decisions["BROKER_DECISION_KEYS"]),
+        decision_base_url=decisions["BROKER_DECISION_BASE_URL"],
+        decision_host=decisions["BROKER_DECISION_HOST"],
+        decision_port=int(decisions["BROKER_DECISION_PORT"]),
     )
+
+
+def _free_port() -> int:
+    # The links must name the port before the listener binds it: ask the kernel for a
+    # free one (another process taking it in between would fail the start, loudly).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class EmulatorErrors(logging.Filter):
@@ -143,9 +167,10 @@ def _running_arns(sfn: Any, machine_arns: Sequence[str]) -> set[str]:
 
 
 async def _watch(
-    aws: AwsEndpoint, flows: SeedFlows, launcher: Launcher, progress: Progress
+    aws: AwsEndpoint, flows: SeedFlows, launcher: Launcher, person: Person, progress: Progress
 ) -> None:
-    """Poll until every started execution ended and nothing is left to start."""
+    """Poll until every started execution ended (or, planned to wait, had its link
+    opened by the person) and nothing is left to start."""
     sfn = aws.client("stepfunctions")
     machines = list(flows.state_machines.values())
     began = time.monotonic()
@@ -155,7 +180,14 @@ async def _watch(
         done = launcher.done
         started = list(launcher.arns)
         running = await anyio.to_thread.run_sync(_running_arns, sfn, machines)
-        completed = sum(1 for arn in started if arn not in running)
+        waiting = {
+            arn
+            for planned, arn in zip(launcher.plan, started, strict=False)
+            if planned.case is Case.VERIFY_WAITING
+        }
+        completed = sum(1 for arn in started if arn not in running and arn not in waiting)
+        # A waiting one counts once its link has been opened: it will not end by itself.
+        completed += min(len(waiting), person.waiting_opened())
         elapsed_s = time.monotonic() - began
         progress.show(Snapshot(len(launcher.plan), len(started), completed, elapsed_s))
         if done and completed == len(started):
@@ -168,18 +200,22 @@ async def exercise(
     flows: SeedFlows,
     broker: Broker,
     launcher: Launcher,
+    person: Person,
     timeout_s: float,
 ) -> None:
-    """Run the broker while the executions start and end; stop it at the end or timeout."""
+    """Run the broker while the executions start and end and the person answers the
+    approvals; stop them all at the end or timeout."""
     progress = Progress(sys.stderr)
     async with anyio.create_task_group() as tasks:
         await tasks.start(broker.run)
         tasks.start_soon(anyio.to_thread.run_sync, launcher.run)
+        tasks.start_soon(anyio.to_thread.run_sync, person.run)
         try:
             with anyio.move_on_after(timeout_s) as deadline:
-                await _watch(aws, flows, launcher, progress)
+                await _watch(aws, flows, launcher, person, progress)
         finally:
             launcher.cancel()
+            person.cancel()
             broker.request_stop()
     progress.finish()
     if deadline.cancelled_caught:
@@ -200,9 +236,11 @@ def judge_all(
 
 
 def messages_left(aws: AwsEndpoint, flows: SeedFlows) -> dict[str, int]:
-    """Messages in every seed and dead-letter queue, visible or in flight, by queue name."""
+    """Messages in every seed, dead-letter and inbox queue, visible or in flight, by name."""
     sqs = aws.client("sqs")
     urls = [*flows.queues.values(), *flows.dead_letter_queues.values()]
+    if flows.inbox_url:
+        urls.append(flows.inbox_url)
     left: dict[str, int] = {}
     for url in urls:
         attributes = sqs.get_queue_attributes(

@@ -4,13 +4,18 @@ LocalStack (``python -m broker.local.localstack deploy``, tests/localstack).
 Three callback flows, each one SQS queue and one ``sqs:sendMessage.waitForTaskToken``
 state machine (seeds 000, 004 and 001), optionally a dead-letter queue per queue, and the
 activity flow (seed 003), which only LocalStack can run (moto has no GetActivityTask).
-Their definitions are in ``local.definitions``; ``seed_queue_settings`` says how a
-deployment configures the broker for the queues.
+Seed 004 is a person's approval: its handler (``handlers.approval``) publishes the
+decision links to an SNS topic, which delivers them (raw) to an SQS "inbox" queue that
+stands for the person's mailbox.  Their definitions are in ``local.definitions``;
+``seed_queue_settings`` and ``seed_decision_settings`` say how a deployment configures
+the broker for them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,19 +23,26 @@ from broker.local.definitions import activity_definition, callback_definitions
 from broker.local.endpoint import AwsEndpoint
 
 __all__ = [
+    "APPROVAL_HANDLERS",
     "FLOWS",
     "SEED_HANDLERS",
+    "SEED_ROUTERS",
     "ActivityFlow",
     "SeedFlows",
     "deploy_activity_flow",
     "deploy_seed_flows",
     "put_state_machine",
     "queue_name",
+    "seed_decision_settings",
     "seed_queue_settings",
 ]
 
 #: The seed handlers, as ``BROKER_HANDLERS`` names them.
 SEED_HANDLERS: Final = "handlers.seeds:router"
+#: Seed 004's approval handler.
+APPROVAL_HANDLERS: Final = "handlers.approval:router"
+#: Every router the seed flows need, as ``BROKER_HANDLERS`` lists them.
+SEED_ROUTERS: Final = (SEED_HANDLERS, APPROVAL_HANDLERS)
 #: The callback flows, by logical name.
 FLOWS: Final = ("callback", "verification", "transactions")
 # Emulators accept any role; this one is only there because CreateStateMachine requires it.
@@ -40,11 +52,16 @@ _ROLE_ARN: Final = "arn:aws:iam::123456789012:role/sfn-callback-broker-demo"
 @dataclass(frozen=True)
 class SeedFlows:
     """What deploy_seed_flows created, by flow: queue URLs, state machine ARNs, and the
-    dead-letter queue URLs (empty unless asked for)."""
+    dead-letter queue URLs (empty unless asked for); the decision topic and the inbox
+    queue subscribed to it."""
 
     queues: dict[str, str]
     state_machines: dict[str, str]
     dead_letter_queues: dict[str, str] = field(default_factory=dict)
+    #: The SNS topic the approval handler publishes decision links to.
+    topic_arn: str = ""
+    #: An SQS queue subscribed to the topic with raw delivery: the person's "mailbox".
+    inbox_url: str = ""
 
 
 def queue_name(url: str) -> str:
@@ -77,7 +94,50 @@ def deploy_seed_flows(
         flow: put_state_machine(sfn, f"{prefix}-{flow}", json.dumps(definition))
         for flow, definition in callback_definitions(queues).items()
     }
-    return SeedFlows(queues, state_machines, dead_letters)
+    topic_arn, inbox_url = _deploy_decision_topic(aws, prefix)
+    return SeedFlows(queues, state_machines, dead_letters, topic_arn, inbox_url)
+
+
+def _deploy_decision_topic(aws: AwsEndpoint, prefix: str) -> tuple[str, str]:
+    """The topic f"{prefix}-decisions" and the queue f"{prefix}-decisions-inbox" on it.
+
+    Raw delivery: the queue receives the message's ``default`` text (the approval
+    handler's JSON document), not SNS's envelope around it.  Both calls, and Subscribe
+    for the same queue, are idempotent.
+    """
+    sns, sqs = aws.client("sns"), aws.client("sqs")
+    topic_arn: str = sns.create_topic(Name=f"{prefix}-decisions")["TopicArn"]
+    inbox_url: str = sqs.create_queue(QueueName=f"{prefix}-decisions-inbox")["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    subscribed = any(
+        subscription["Endpoint"] == inbox_arn
+        for subscription in sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    )
+    if not subscribed:
+        sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=inbox_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+    return topic_arn, inbox_url
+
+
+def seed_decision_settings(flows: SeedFlows, *, port: int) -> dict[str, str]:
+    """The decision settings (``BROKER_DECISION_*``) for seed 004's approval handler: the
+    deployed topic, one fresh key, and the listener on loopback at ``port`` (no proxy in
+    front, so the links point at it directly)."""
+    # A key as `broker decisions keygen` prints one: 32 random bytes, URL-safe base64.
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    return {
+        "BROKER_DECISION_TOPIC": flows.topic_arn,
+        "BROKER_DECISION_KEYS": json.dumps([key]),
+        "BROKER_DECISION_BASE_URL": f"http://127.0.0.1:{port}",
+        "BROKER_DECISION_HOST": "127.0.0.1",
+        "BROKER_DECISION_PORT": str(port),
+    }
 
 
 def seed_queue_settings(flows: SeedFlows) -> list[dict[str, Any]]:
@@ -100,12 +160,12 @@ def seed_queue_settings(flows: SeedFlows) -> list[dict[str, Any]]:
             default_handler="callback",
             **untyped,
         ),
-        # seed 004: {"Payload", "TaskToken"}.
+        # seed 004: {"Payload", "TaskToken"}; a person approves it (handlers.approval).
         queue(
             "verification",
             token_fields=["TaskToken"],
             payload_fields=["Payload"],
-            default_handler="verify",
+            default_handler="approval",
             **untyped,
         ),
         # seed 001: purchases and refunds share a queue; the `type` attribute routes.

@@ -7,8 +7,12 @@ module only talks to it: ``localstack_health`` says whether it is up, and
 
 ``python -m broker.local.localstack deploy`` deploys every seed flow to LocalStack and prints
 the settings for ``broker run`` as ``export`` lines (each seed queue with its dead-letter
-queue, so the broker starts without a warning); ``python -m broker.local.localstack start
-FLOW INPUT`` runs one execution and prints how it ended (README, "Run against LocalStack").
+queue, so the broker starts without a warning; the decision topic, a fresh decision key
+and the decision listener on 127.0.0.1:8081 for seed 004's approvals, whose links arrive
+in the queue ``local-decisions-inbox``); ``python -m broker.local.localstack start
+FLOW INPUT`` runs one execution and prints how it ended; ``python -m broker.local.localstack
+inbox`` prints the decision links waiting in the inbox queue, to open in a browser (README,
+"Run against LocalStack").
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from broker.local.endpoint import AwsEndpoint, EndpointClients
 from broker.local.env import endpoint_env
 from broker.local.executions import start_executions, wait_for_executions
 from broker.local.flows import (
-    SEED_HANDLERS,
+    SEED_ROUTERS,
     deploy_activity_flow,
     deploy_seed_flows,
+    seed_decision_settings,
     seed_queue_settings,
 )
 
@@ -41,7 +46,9 @@ __all__ = [
 ]
 
 DEFAULT_ENDPOINT: Final = "http://127.0.0.1:4566"
-_REQUIRED_SERVICES: Final = ("sqs", "stepfunctions")
+_REQUIRED_SERVICES: Final = ("sqs", "stepfunctions", "sns")
+#: The decision listener's default port (BROKER_DECISION_PORT).
+_DECISION_PORT: Final = 8081
 _CREDENTIALS: Final = "test"  # LocalStack accepts any credentials
 _PREFIX: Final = "local"
 # Loopback only: a proxy from the environment must never see emulator traffic.
@@ -54,7 +61,8 @@ def localstack_endpoint() -> str:
 
 
 def localstack_health(endpoint: str, *, timeout_s: float = 2.0) -> str | None:
-    """``None`` when LocalStack answers with SQS and Step Functions available, else why not."""
+    """``None`` when LocalStack answers with SQS, Step Functions and SNS available, else
+    why not."""
     try:
         with _LOOPBACK_OPENER.open(f"{endpoint}/_localstack/health", timeout=timeout_s) as r:
             services = json.load(r).get("services", {})
@@ -96,9 +104,10 @@ def deploy_all(aws: AwsEndpoint) -> dict[str, str]:
     activities = [{"name": f"{_PREFIX}-activity", "handler": "verify"}]
     return {
         **aws.env(),
-        "BROKER_HANDLERS": json.dumps([SEED_HANDLERS]),
+        "BROKER_HANDLERS": json.dumps(list(SEED_ROUTERS)),
         "BROKER_QUEUES": json.dumps(seed_queue_settings(flows)),
         "BROKER_ACTIVITIES": json.dumps(activities),
+        **seed_decision_settings(flows, port=_DECISION_PORT),
     }
 
 
@@ -121,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("flow", choices=["callback", "verification", "transactions", "activity"])
     start.add_argument("input", help="the execution input, JSON")
     start.add_argument("--timeout", type=float, default=60.0)
+    commands.add_parser("inbox", help="print (and take) the decision links in the inbox queue")
     args = parser.parse_args(argv)
     endpoint = localstack_endpoint()
     problem = localstack_health(endpoint)
@@ -132,7 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in deploy_all(aws).items():
             print(f"export {name}={shlex.quote(value)}")
         return 0
+    if args.command == "inbox":
+        return _inbox(aws)
     return _start(aws, args.flow, json.loads(args.input), args.timeout)
+
+
+def _inbox(aws: LocalStackAws) -> int:
+    """The approval notifications in ``local-decisions-inbox``, one JSON line each (taken
+    off the queue: each is printed once)."""
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=f"{_PREFIX}-decisions-inbox")["QueueUrl"]
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+    for message in received.get("Messages", ()):
+        print(message["Body"])
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return 0
 
 
 if __name__ == "__main__":

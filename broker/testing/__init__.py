@@ -1,4 +1,4 @@
-"""In-memory SQS and Step Functions for testing handlers and the broker without AWS.
+"""In-memory SQS, Step Functions and SNS for testing handlers and the broker without AWS.
 
 The fakes keep the semantics the broker relies on — visibility timeouts, receive
 counts, receipt handles, long polls, per-entry batch failures, a closed task answering
@@ -19,11 +19,14 @@ For handler authors::
 from broker.testing._faults import client_error
 from broker.testing.broker import TestBroker
 from broker.testing.sfn import FakeSfn, TaskOutcome
+from broker.testing.sns import FakeSns, PublishedMessage
 from broker.testing.sqs import FakeSqs
 
 __all__ = [
     "FakeSfn",
+    "FakeSns",
     "FakeSqs",
+    "PublishedMessage",
     "TaskOutcome",
     "TestBroker",
     "client_error",

@@ -19,12 +19,15 @@ from broker.decisions.links import new_key
 from broker.observability.tracing import Tracer
 from broker.service import Broker
 from broker.testing.sfn import FakeSfn
+from broker.testing.sns import FakeSns
 from broker.testing.sqs import FakeSqs
 
 __all__ = ["TestBroker"]
 
 #: Where TestBroker's decision links point when the settings name no base URL.
 _TEST_BASE_URL = "http://broker.test"
+#: The decision topic (in ``sns``) when a route has ``notify=True`` and the settings name none.
+_TEST_TOPIC = "decisions"
 
 
 class TestBroker:
@@ -46,7 +49,9 @@ class TestBroker:
     Decision links: when a route has ``decisions=True`` and the settings name no
     ``decision_keys``, a fresh key and the base URL ``http://broker.test`` are used; no
     decision listener is opened unless the settings set ``decision_port``.  ``decide``
-    answers a link as the endpoint would, without HTTP.
+    answers a link as the endpoint would, without HTTP.  ``task.notify()`` publishes to
+    the FakeSns ``sns`` (``tb.sns.published``), to the topic ``decisions`` unless the
+    settings name one.
     """
 
     __test__ = False  # not a pytest test class
@@ -58,6 +63,7 @@ class TestBroker:
         *,
         sqs: FakeSqs | None = None,
         sfn: FakeSfn | None = None,
+        sns: FakeSns | None = None,
         tracer_provider: Any = None,
     ) -> None:
         settings = settings or BrokerSettings(
@@ -81,6 +87,14 @@ class TestBroker:
         self.settings = settings
         self.sqs = sqs or FakeSqs()
         self.sfn = sfn or FakeSfn()
+        if not self.settings.decision_topic and any(route.options.notify for route in router):
+            self.settings = self.settings.model_copy(update={"decision_topic": _TEST_TOPIC})
+        self.sns = sns or FakeSns()
+        topic = self.settings.decision_topic
+        if sns is None and topic and not topic.startswith("arn:"):
+            # The decision topic the settings name exists, unless the test brings its
+            # own FakeSns (to start without it, say).
+            self.sns.add_topic(topic)
         for queue in self.settings.queues:
             for name in (queue.name, queue.dead_letter_queue):
                 if name and self.sqs._url(name) not in self.sqs.queues:
@@ -95,7 +109,7 @@ class TestBroker:
 
     @asynccontextmanager
     async def _clients(self, _: BrokerSettings) -> AsyncIterator[AwsClients]:
-        yield AwsClients(sqs=self.sqs, sfn=self.sfn)
+        yield AwsClients(sqs=self.sqs, sfn=self.sfn, sns=self.sns)
 
     async def __aenter__(self) -> Self:
         self._group = anyio.create_task_group()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from broker.decisions.links import new_key
 from broker.local.executions import start_executions, wait_for_executions
 from broker.local.flows import SeedFlows
 from broker.local.moto import EmbeddedAws
@@ -32,6 +33,31 @@ def test_check_reaches_queues_and_lists_routes(
     assert result.returncode == 0, result.stderr
     assert ": ok (" in result.stdout
     assert "verify" in result.stdout
+
+
+def test_check_and_run_find_the_decision_topic_or_name_the_setting(
+    aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
+) -> None:
+    queue = seed_flows.queues["verification"].rsplit("/", 1)[-1]
+    base = {
+        "BROKER_QUEUES": json.dumps([{"name": queue, "default_handler": "approval"}]),
+        "BROKER_HANDLERS": '["handlers.approval:router"]',
+        "BROKER_DECISION_KEYS": json.dumps([new_key()]),
+        "BROKER_DECISION_BASE_URL": "https://approvals.example.com",
+        "BROKER_DECISION_PORT": "0",
+    }
+    topic = seed_flows.topic_arn.rsplit(":", 1)[-1]
+    found = run_cli("check", env=broker_env(aws, **base, BROKER_DECISION_TOPIC=topic), cwd=tmp_path)
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert f"decision topic {topic}: ok ({seed_flows.topic_arn})" in found.stdout
+    missing = broker_env(aws, **base, BROKER_DECISION_TOPIC="no-such-topic")
+    for command in ("check", "run"):
+        result = run_cli(command, env=missing, cwd=tmp_path)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "BROKER_DECISION_TOPIC topic 'no-such-topic' not found in region us-east-1" in (
+            result.stdout + result.stderr
+        )
+        assert "Traceback" not in result.stderr
 
 
 def test_missing_queue_is_a_clear_error_not_a_traceback(

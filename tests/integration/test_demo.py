@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from broker.local.demo import run_demo
+from broker.local.demo_person import PersonReport
 from broker.local.demo_plan import (
     Case,
     Judgement,
@@ -27,7 +28,14 @@ from broker.local.demo_report import exit_code, summary_table
 from broker.local.executions import ExecutionResult
 from tests.cli import clean_env
 
-_COLUMNS = ["executions", "succeeded", "failed as expected", "unexpected", "stuck"]
+_COLUMNS = [
+    "executions",
+    "succeeded",
+    "failed as expected",
+    "waiting as expected",
+    "unexpected",
+    "stuck",
+]
 _STARTED = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -64,11 +72,26 @@ def test_demo_runs_every_execution_as_its_handler_decides(tmp_path: Path) -> Non
     total = table["total"]
     assert total["executions"] == 40
     assert (total["unexpected"], total["stuck"]) == (0, 0)
-    assert total["succeeded"] + total["failed as expected"] == 40
-    assert table["verification other"]["failed as expected"] == 6
+    assert total["succeeded"] + total["failed as expected"] + total["waiting as expected"] == 40
+    # 12 approvals: the first only opened (GET), then approved and rejected in turn.
+    assert table["verification GET only"]["waiting as expected"] == 1
+    assert table["verification approved"]["succeeded"] == 6
+    assert table["verification rejected"]["failed as expected"] == 5
     for label, row in table.items():
         assert sum(row[column] for column in _COLUMNS[1:]) == row["executions"], label
-    assert "all 40 executions ended as their handlers decided" in completed.stdout
+    assert (
+        "all 40 executions as their handlers and the person decided: 39 ended, 1 still "
+        "waiting for a decision (its link opened, never used)"
+    ) in completed.stdout
+    assert (
+        "decisions    12 sent through SNS to the inbox queue; 24 GETs (mail scanner, person) "
+        "showed the page, decided nothing"
+    ) in completed.stdout
+    assert (
+        "6 approved, 5 rejected (POST); 1 only opened, still waiting as planned; "
+        "a link POSTed twice: 409"
+    ) in completed.stdout
+    assert "messages left: none" in completed.stdout
     assert "Traceback" not in completed.stderr
 
 
@@ -89,8 +112,9 @@ def test_plan_mixes_the_flows() -> None:
         counts[planned.case] += 1
     assert counts == {
         Case.CALLBACK: 120,
-        Case.VERIFY_SUCCESS: 45,
-        Case.VERIFY_OTHER: 45,
+        Case.VERIFY_APPROVE: 45,
+        Case.VERIFY_REJECT: 44,
+        Case.VERIFY_WAITING: 1,
         Case.PURCHASE: 45,
         Case.REFUND: 45,
     }
@@ -126,9 +150,22 @@ def first_of(case: Case) -> PlannedExecution:
         (Case.CALLBACK, result("SUCCEEDED", "Return from callback"), Verdict.UNEXPECTED),
         (Case.CALLBACK, result("FAILED", error="Broker.InvalidInput"), Verdict.UNEXPECTED),
         (Case.CALLBACK, result("RUNNING"), Verdict.STUCK),
-        (Case.VERIFY_OTHER, result("FAILED", error="NO_SUCCESS_INPUT"), Verdict.FAILED_AS_EXPECTED),
-        (Case.VERIFY_OTHER, result("FAILED", error="States.Timeout"), Verdict.UNEXPECTED),
-        (Case.VERIFY_OTHER, result("SUCCEEDED", {"result": {}}), Verdict.UNEXPECTED),
+        (
+            Case.VERIFY_REJECT,
+            result("FAILED", error="Approval.Rejected"),
+            Verdict.FAILED_AS_EXPECTED,
+        ),
+        (Case.VERIFY_REJECT, result("FAILED", error="States.Timeout"), Verdict.UNEXPECTED),
+        (Case.VERIFY_REJECT, result("SUCCEEDED", {"approved": True}), Verdict.UNEXPECTED),
+        (
+            Case.VERIFY_APPROVE,
+            result("SUCCEEDED", {"approved": True, "decided_at": "2026-01-01T00:00:00Z"}),
+            Verdict.SUCCEEDED,
+        ),
+        (Case.VERIFY_APPROVE, result("SUCCEEDED", {"approved": True}), Verdict.UNEXPECTED),
+        (Case.VERIFY_APPROVE, result("RUNNING"), Verdict.STUCK),
+        (Case.VERIFY_WAITING, result("RUNNING"), Verdict.WAITING_AS_EXPECTED),
+        (Case.VERIFY_WAITING, result("SUCCEEDED", {"approved": True}), Verdict.UNEXPECTED),
         (
             Case.PURCHASE,
             result(
@@ -158,16 +195,31 @@ def first_of(case: Case) -> PlannedExecution:
 def test_judge(case: Case, outcome: ExecutionResult, verdict: Verdict) -> None:
     got, reason = judge(expected_for(first_of(case)), outcome)
     assert got is verdict
-    assert (reason is None) == (verdict in {Verdict.SUCCEEDED, Verdict.FAILED_AS_EXPECTED})
+    ok = {Verdict.SUCCEEDED, Verdict.FAILED_AS_EXPECTED, Verdict.WAITING_AS_EXPECTED}
+    assert (reason is None) == (verdict in ok)
 
 
-def test_verify_success_expects_its_own_input_back() -> None:
-    execution = first_of(Case.VERIFY_SUCCESS)
-    expected = expected_for(execution)
-    right = result("SUCCEEDED", {"result": execution.input})
-    wrong = result("SUCCEEDED", {"result": {**execution.input, "in": "FAIL"}})
-    assert judge(expected, right)[0] is Verdict.SUCCEEDED
-    assert judge(expected, wrong)[0] is Verdict.UNEXPECTED
+def test_the_first_verification_is_the_one_left_waiting() -> None:
+    verifications = [p for p in plan_executions(40) if p.case.flow == "verification"]
+    assert [p.case for p in verifications[:4]] == [
+        Case.VERIFY_WAITING,
+        Case.VERIFY_APPROVE,
+        Case.VERIFY_REJECT,
+        Case.VERIFY_APPROVE,
+    ]
+    # What the person finds the execution by, and what the page shows.
+    first = verifications[0]
+    assert first.input["order"] == first.index
+    assert first.input["subject"].startswith(f"Approve order {first.index} ")
+
+
+def test_link_problems_fail_the_demo() -> None:
+    callbacks = [p for p in plan_executions(10) if p.case is Case.CALLBACK]
+    judgements = judged(callbacks, [{"body": "Return from callback"}] * 4)
+    person = PersonReport(problems=["order 2: GET answered 500 text/plain, not the page"])
+    assert exit_code(judgements, planned=4) == 0
+    assert exit_code(judgements, planned=4, person=PersonReport()) == 0
+    assert exit_code(judgements, planned=4, person=person) == 1
 
 
 def judged(executions: Sequence[PlannedExecution], outputs: Sequence[Any]) -> list[Judgement]:
@@ -189,6 +241,7 @@ def test_a_wrong_output_is_counted_unexpected_and_fails_the_demo() -> None:
         "executions": 4,
         "succeeded": 3,
         "failed as expected": 0,
+        "waiting as expected": 0,
         "unexpected": 1,
         "stuck": 0,
     }

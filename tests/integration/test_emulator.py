@@ -156,11 +156,18 @@ def test_deploy_is_idempotent(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:
     prefix = seed_flows.queues["callback"].rsplit("/", 1)[1].removesuffix("-callback")
     assert deploy_seed_flows(aws, prefix=prefix) == seed_flows
     sqs = aws.client("sqs")
-    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(seed_flows.queues.values())
+    queues = [*seed_flows.queues.values(), seed_flows.inbox_url]
+    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(queues)
+    # One topic, and the inbox subscribed to it once, with raw delivery.
+    sns = aws.client("sns")
+    assert [t["TopicArn"] for t in sns.list_topics()["Topics"]] == [seed_flows.topic_arn]
+    [subscription] = sns.list_subscriptions_by_topic(TopicArn=seed_flows.topic_arn)["Subscriptions"]
+    attributes = sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])
+    assert attributes["Attributes"]["RawMessageDelivery"] == "true"
     for url in seed_flows.queues.values():
-        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        assert attributes["VisibilityTimeout"] == "30"
-        assert "FifoQueue" not in attributes
+        found = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert found["VisibilityTimeout"] == "30"
+        assert "FifoQueue" not in found
     assert sorted(seed_flows.state_machines) == ["callback", "transactions", "verification"]
 
 
@@ -200,6 +207,15 @@ def test_the_localstack_deploy_names_a_dead_letter_queue_for_every_queue(
     for queue in queues:
         assert queue["dead_letter_queue"] == queue["name"] + "-dlq"
         sqs.get_queue_url(QueueName=queue["dead_letter_queue"])
+    # Seed 004 is served by the approval handler, with everything it needs to start.
+    assert queues[1]["default_handler"] == "approval"
+    assert json.loads(exported["BROKER_HANDLERS"]) == [
+        "handlers.seeds:router",
+        "handlers.approval:router",
+    ]
+    assert exported["BROKER_DECISION_TOPIC"].endswith(":local-decisions")
+    assert len(json.loads(exported["BROKER_DECISION_KEYS"])) == 1
+    assert exported["BROKER_DECISION_BASE_URL"] == "http://127.0.0.1:8081"
 
 
 def test_executions_get_unique_names(aws: EmbeddedAws, seed_flows: SeedFlows) -> None:
@@ -392,7 +408,8 @@ def test_aws_env_lets_a_default_client_reach_the_emulator(
     # Endpoint, region and credentials all from the environment, as in a broker process.
     sqs: Any = botocore.session.get_session().create_client("sqs")
     assert sqs.meta.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
-    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(seed_flows.queues.values())
+    queues = [*seed_flows.queues.values(), seed_flows.inbox_url]
+    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(queues)
 
 
 @pytest.mark.parametrize(
@@ -412,7 +429,8 @@ def test_aws_env_clears_the_users_own_aws_setup(
     seed_flows: SeedFlows = request.getfixturevalue("seed_flows")
     sqs: Any = botocore.session.get_session().create_client("sqs")
     assert sqs.meta.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
-    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(seed_flows.queues.values())
+    queues = [*seed_flows.queues.values(), seed_flows.inbox_url]
+    assert sorted(sqs.list_queues()["QueueUrls"]) == sorted(queues)
 
 
 async def test_aioboto3_completes_a_callback_under_aws_env(

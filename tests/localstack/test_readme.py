@@ -7,9 +7,12 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 from broker.local.localstack import LocalStackAws
+from tests.approval_flow import http
 from tests.cli import clean_env
 
 from .broker_process import broker_process
@@ -57,5 +60,45 @@ def test_deploy_serve_and_start_as_the_readme_says(
                 _localstack_cli("start", flow, execution_input, env=base, cwd=tmp_path)
             )
             assert (ended["status"], ended.get("error")) == expected, (flow, ended)
+        _approve_by_hand(base, tmp_path)
         broker.process.send_signal(signal.SIGTERM)
         assert broker.process.wait(timeout=20) == 0, broker.log
+
+
+def _approve_by_hand(base: dict[str, str], cwd: Path) -> None:
+    """Seed 004 as the README shows it: start one, read the links with ``inbox``, use one."""
+    subject = f"Refund #{uuid.uuid4().hex[:8]}"
+    start = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.local.localstack",
+            "start",
+            "verification",
+            json.dumps({"subject": subject}),
+            "--timeout",
+            "60",
+        ],
+        env=base,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        document = None
+        deadline = time.monotonic() + 30
+        while document is None and time.monotonic() < deadline:
+            # Earlier runs may have left notifications in the inbox: find this one.
+            for line in _localstack_cli("inbox", env=base, cwd=cwd).splitlines():
+                if json.loads(line)["subject"] == subject:
+                    document = json.loads(line)
+        assert document is not None, "no notification in the inbox"
+        assert http("GET", document["approve_url"]).status == 200
+        assert http("POST", document["approve_url"]).status == 200
+        out, _ = start.communicate(timeout=60)
+        ended = json.loads(out)
+        assert (ended["status"], ended["output"]["approved"]) == ("SUCCEEDED", True), ended
+    finally:
+        if start.poll() is None:
+            start.kill()
+            start.wait(timeout=10)
