@@ -241,7 +241,7 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
                     continue
                 activities_ok += 1
                 print(f"activity {activity.name}: ok ({arn}, {activity.pollers} poller(s))")
-    except BrokerError as exc:  # no region, no credentials for fast completions
+    except BrokerError as exc:  # no region, a lean client that cannot start
         problem("aws", exc)
     _print_handlers(router)
     summary = [
