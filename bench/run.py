@@ -92,9 +92,9 @@ def contenders() -> list[Contender]:
         Contender("broker tuned", tuned, (BROKER, "run"), broker_env + tuple(BROKER_TUNED.items())),
         Contender(
             "broker botocore",
-            "defaults except aws_client=botocore (the escape hatch: every call through aiobotocore)",
+            "defaults but aws_client=botocore (the escape hatch: every call through aiobotocore)",
             (BROKER, "run"),
-            broker_env + (("BROKER_AWS_CLIENT", "botocore"),),
+            (*broker_env, ("BROKER_AWS_CLIENT", "botocore")),
         ),
         Contender(
             "seed loop",
