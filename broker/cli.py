@@ -259,7 +259,7 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
             else:
                 if topic is not None:
                     print(f"decision topic {settings.decision_topic}: ok ({topic.arn})")
-    except BrokerError as exc:  # no region, no credentials for fast completions
+    except BrokerError as exc:  # no region, a lean client that cannot start
         problem("aws", exc)
     _print_handlers(router)
     summary = [

@@ -1,7 +1,11 @@
-"""The real AWS clients: aioboto3 for SQS, Step Functions and SNS, and the lean completion client.
+"""The real AWS clients: aioboto3 for SQS, Step Functions and SNS, and the lean hot path.
 
-The protocols they satisfy are in ``broker.aws.protocols``, how their errors are read in
-``broker.aws.errors``.
+By default (``BROKER_AWS_CLIENT=lean``) the hot calls (ReceiveMessage, DeleteMessageBatch,
+ChangeMessageVisibility(Batch), SendTaskSuccess/Failure/Heartbeat) go through
+``broker.aws.leansqs`` / ``broker.aws.leansfn`` on what the aiobotocore clients resolved;
+every other call goes through aiobotocore.  ``BROKER_AWS_CLIENT=botocore`` is the escape
+hatch: every call through aiobotocore.  The protocols the clients satisfy are in
+``broker.aws.protocols``, how their errors are read in ``broker.aws.errors``.
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final, cast
 
 import aioboto3
-import aiohttp
+import botocore
 from aiobotocore.config import AioConfig
+from botocore.exceptions import NoCredentialsError
 
-from broker.aws.fastsfn import FastSfn
+from broker._version import __version__
+from broker.aws.lean import LeanTransport
+from broker.aws.leansfn import LeanSfn
+from broker.aws.leansqs import LeanSqs
 from broker.aws.protocols import AwsClients, SfnApi, SnsApi, SqsApi
-from broker.aws.startup import no_credentials
-from broker.core.errors import AwsAccessDenied, ConfigError
-from broker.core.settings import ENV_PREFIX, BrokerSettings
+from broker.core.errors import ConfigError
+from broker.core.settings import BrokerSettings
 
-__all__ = ["ACTIVITY_POLL_READ_TIMEOUT_S", "open_clients"]
+__all__ = ["ACTIVITY_POLL_READ_TIMEOUT_S", "lean_clients", "open_clients"]
 
 #: GetActivityTask answers within 60 s; the read timeout must be longer.
 ACTIVITY_POLL_READ_TIMEOUT_S: Final = 70
@@ -84,7 +91,7 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
                     session.client("sns", config=sns_config, endpoint_url=endpoint)
                 ),
             )
-        if not settings.fast_completions:
+        if settings.aws_client == "botocore":
             yield AwsClients(
                 sqs=cast(SqsApi, sqs),
                 sfn=cast(SfnApi, sfn),
@@ -92,33 +99,29 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
                 sns=sns,
             )
             return
-        async with _fast_sfn(session, sfn, settings) as fast:
-            yield AwsClients(
-                sqs=cast(SqsApi, sqs), sfn=fast, sfn_poll=cast(SfnApi, sfn_poll), sns=sns
-            )
+        lean = await lean_clients(session, sqs, sfn)
+        yield AwsClients(sqs=lean.sqs, sfn=lean.sfn, sfn_poll=cast(SfnApi, sfn_poll), sns=sns)
 
 
-@asynccontextmanager
-async def _fast_sfn(
-    session: aioboto3.Session, sfn: Any, settings: BrokerSettings
-) -> AsyncIterator[SfnApi]:
-    """The lean completion client, on the endpoint and credentials botocore resolved."""
+async def lean_clients(session: Any, sqs: Any, sfn: Any) -> AwsClients:
+    """The lean SQS and Step Functions clients over two open aiobotocore clients.
+
+    They send on the clients' own HTTP sessions, so they live as long as those clients.
+    """
     # Typed as synchronous in the stubs; aioboto3 returns a coroutine.
     credentials: Any = await cast(Awaitable[Any], session.get_credentials())
-    if credentials is None:
-        # The same error (and exit code) as the first botocore call would give.
-        raise AwsAccessDenied(
-            no_credentials(f"for {ENV_PREFIX}FAST_COMPLETIONS in region {session.region_name}")
-        )
 
     async def fresh() -> Any:
+        if credentials is None:
+            # What botocore raises when it signs without credentials; the start-up
+            # lookups (botocore) meet it first and say so (broker.aws.startup).
+            raise NoCredentialsError
         return await credentials.get_frozen_credentials()
 
-    connector = aiohttp.TCPConnector(limit=settings.completion_concurrency + 8)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=15)
-    # trust_env: HTTP(S)_PROXY / NO_PROXY apply, as they do to botocore.
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as http:
-        yield cast(
-            SfnApi,
-            FastSfn(http, sfn.meta.endpoint_url, sfn.meta.region_name, fresh, fallback=sfn),
-        )
+    user_agent = f"sfn-callback-broker/{__version__} botocore/{botocore.__version__} lean"
+    sqs_transport = await LeanTransport.of(sqs, fresh, user_agent=user_agent)
+    sfn_transport = await LeanTransport.of(sfn, fresh, user_agent=user_agent)
+    return AwsClients(
+        sqs=cast(SqsApi, LeanSqs(sqs_transport, fallback=sqs)),
+        sfn=cast(SfnApi, LeanSfn(sfn_transport, fallback=sfn)),
+    )

@@ -41,11 +41,15 @@ def _api_name(method: str) -> str:
 
 def _measured(stats: Stats, tracer: Tracer, api: str, call: _Call) -> _Call:
     seconds = stats.aws_seconds[api]
+    traced = tracer.enabled
 
     async def measured_call(**params: Any) -> Mapping[str, Any]:
         started = time.perf_counter()
         try:
-            with tracer.span(api, **{"rpc.system": "aws-api", "rpc.method": api}):
+            if traced:
+                with tracer.span(api, **{"rpc.system": "aws-api", "rpc.method": api}):
+                    result = await call(**params)
+            else:  # tracing off: no span work at all
                 result = await call(**params)
         except BaseException as exc:
             seconds.observe(time.perf_counter() - started)

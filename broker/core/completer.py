@@ -139,16 +139,23 @@ class Completer:
         **params: Any,
     ) -> Confirmation:
         failure: Exception | None = None
+        limiter = self._limiter
         for attempt in range(self._max_attempts):
-            async with self._limiter:
+            try:
+                # A free slot is taken without a checkpoint (the call awaits anyway).
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await limiter.acquire()
+            try:
                 if self._bucket is not None:
                     await self._bucket.acquire()
-                try:
-                    await method(**params)
-                except Exception as exc:  # noqa: BLE001 - classified just below
-                    failure = exc
-                else:
-                    return Confirmation.CONFIRMED
+                await method(**params)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                failure = exc
+            else:
+                return Confirmation.CONFIRMED
+            finally:
+                limiter.release()
             kind = classify(failure)
             if (
                 kind is ErrorKind.TASK_CLOSED

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -41,6 +41,7 @@ from broker.core.errors import ConfigError
 from broker.core.settings_models import ENV_PREFIX, ActivitySettings, QueueSettings
 from broker.core.settings_sources import (
     ALLOWED_FOREIGN_VARIABLES,
+    RETIRED_VARIABLES,
     NamesChecked,
     UnknownSettings,
     read_config_file,
@@ -108,10 +109,11 @@ class BrokerSettings(BaseSettings):
     completion_burst: int | None = Field(
         default=None, ge=1, description="Token-bucket burst for the cap (default: one second)."
     )
-    fast_completions: bool = Field(
-        default=False,
-        description="Send SendTask* calls signed and sent by the broker itself, not through "
-        "botocore: about half the CPU per task (docs/benchmarks.md).",
+    aws_client: Literal["lean", "botocore"] = Field(
+        default="lean",
+        description="lean: the hot calls (receive, delete, visibility, SendTask*) signed and "
+        "sent by the broker on what botocore resolved; botocore: every call through "
+        "aiobotocore (an escape hatch, about twice the CPU per task).",
     )
     completion_max_attempts: int = Field(
         default=6, ge=1, description="Tries of one completion call on throttling/5xx/network."
@@ -336,7 +338,11 @@ def _describe(exc: ValidationError) -> str:
         setting = _setting_name(field)
         where = ".".join(location[1:])
         suffix = f" (at {where})" if where else ""
-        lines.append(f"{setting}{suffix}: {error['msg']}")
+        message = error["msg"]
+        retired = ENV_PREFIX + field.upper()
+        if error["type"] == "extra_forbidden" and retired in RETIRED_VARIABLES:
+            setting, message = retired, RETIRED_VARIABLES[retired]
+        lines.append(f"{setting}{suffix}: {message}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

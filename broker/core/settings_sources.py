@@ -44,6 +44,15 @@ ALLOWED_FOREIGN_VARIABLES: Final = (
 )
 _SERVICE_LINK_VALUE: Final = re.compile(r"(tcp|udp|sctp)://\S+")
 
+#: Settings that existed once: refused with what replaced them, never silently ignored.
+RETIRED_VARIABLES: Final = {
+    f"{ENV_PREFIX}FAST_COMPLETIONS": (
+        "removed: the lean client is now the default for every hot call (SendTask*, "
+        f"receive, delete, visibility); {ENV_PREFIX}AWS_CLIENT=botocore selects the plain "
+        "botocore clients (docs/operations.md)"
+    ),
+}
+
 
 class UnknownSettings(SettingsError):
     """``BROKER_*`` names that are no setting; the message names each and its closest."""
@@ -67,6 +76,9 @@ def unknown_variables(
     for raw_name, value in variables.items():
         name = raw_name.upper()  # names are case-insensitive, as pydantic-settings reads them
         if not name.startswith(ENV_PREFIX) or name in valid or _allowed_foreign(name, value):
+            continue
+        if name in RETIRED_VARIABLES:
+            problems.append(f"{name}{where}: {RETIRED_VARIABLES[name]}")
             continue
         closest = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
         hint = f"did you mean {closest[0]}?" if closest else "see docs/settings.md"

@@ -122,6 +122,11 @@ class Step:
 
     async def observed(self, origin: Origin, decide: Callable[[], Awaitable[Outcome]]) -> Outcome:
         """``decide()`` inside the task's outcome record and span; counted and logged once."""
+        if not self._tracer.enabled:  # no span work at all when tracing is off
+            with message_record(origin.source, origin.message_id, origin.receive_count) as record:
+                outcome = await decide()
+                settled(record, outcome, self._stats)
+            return outcome
         with (
             message_record(origin.source, origin.message_id, origin.receive_count) as record,
             self._tracer.message_span(
@@ -174,7 +179,12 @@ class Step:
             task._notify = self._notify
         # perf_counter: uvloop's loop clock ticks in whole milliseconds.
         started = time.perf_counter()
-        with self._tracer.span(f"handler {route.message_type}"):
+        if self._tracer.enabled:
+            with self._tracer.span(f"handler {route.message_type}"):
+                verdict = await run_supervised(
+                    self._completer, route, task, self._handler_timeout_s, alongside=alongside
+                )
+        else:  # no span work at all when tracing is off
             verdict = await run_supervised(
                 self._completer, route, task, self._handler_timeout_s, alongside=alongside
             )
@@ -237,6 +247,10 @@ async def run_supervised(
 
     ``Closed`` when a heartbeat found the task closed: the handler was cancelled.
     """
+    if alongside is None and not route.options.heartbeat_s:
+        # Nothing to run beside the handler: no task group (a cancel scope and a task
+        # fewer per message).
+        return await run_handler(route, task, default_timeout_s)
     gave_up = False
     verdict: Verdict = Closed()
     async with anyio.create_task_group() as supervisor:

@@ -17,6 +17,7 @@ records (broker/observability/tracing.py).  It replaces, by their ``token_ref``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -39,7 +40,8 @@ def token_ref(token: str) -> str:
 
 # Step Functions tokens are long base64-ish strings (hundreds of characters).  Anything
 # that long in a log line is treated as a token: a false positive only shortens a blob.
-_LONG_SECRET: Final = re.compile(r"[A-Za-z0-9+/_\-]{120,}={0,2}")
+_LONG_SECRET_CHARS: Final = 120
+_LONG_SECRET: Final = re.compile(rf"[A-Za-z0-9+/_\-]{{{_LONG_SECRET_CHARS},}}={{0,2}}")
 _REF: Final = r"tok:[0-9a-f]{12}"
 
 # A quote as it appears after any depth of escaping: JSON in JSON in a Python repr gives
@@ -56,6 +58,9 @@ _SECRET_NAMES: Final = r"[\w\-]*token|receipt_?handle"  # noqa: S105 - a pattern
 
 _names: set[str] = set()
 _field_value: re.Pattern[str] = re.compile("")
+#: A word one of which a text must contain for ``_field_value`` to match in it (same
+#: flags): searching for it first spares the full expression on almost every log line.
+_name_word: re.Pattern[str] = re.compile("")
 
 
 def _compile(extra: Iterable[str]) -> re.Pattern[str]:
@@ -69,9 +74,11 @@ def _compile(extra: Iterable[str]) -> re.Pattern[str]:
 
 def register_token_fields(names: Iterable[str]) -> None:
     """Also hide the values of these body fields (the queues' ``token_fields``)."""
-    global _field_value
+    global _field_value, _name_word
     _names.update(name for name in names if name)
     _field_value = _compile(_names)
+    words = ["token", "receipt", *(re.escape(name) for name in sorted(_names))]
+    _name_word = re.compile("|".join(words), re.IGNORECASE)
 
 
 register_token_fields(())
@@ -91,9 +98,12 @@ def redact(text: str, token: str | None = None) -> str:
         text = redact_token(text, token)
     if not text:
         return text
-    text = _field_value.sub(_replace_value, text)
+    if _name_word.search(text):
+        text = _field_value.sub(_replace_value, text)
     if "Credential=" in text:
         text = _CREDENTIAL.sub(r"\1<access-key-id>", text)
+    if len(text) < _LONG_SECRET_CHARS:
+        return text  # too short to hold a long secret
     return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
 
 
@@ -111,9 +121,16 @@ def redact_token(text: str, token: str) -> str:
     """
     if not token:
         return text
-    ref = token_ref(token)
-    spellings = {token, json.dumps(token)[1:-1], quote(token, safe=""), quote_plus(token, safe="")}
-    for spelling in sorted(spellings, key=len, reverse=True):
+    for spelling, ref in _spellings(token):
         if spelling in text:
             text = text.replace(spelling, ref)
     return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _spellings(token: str) -> tuple[tuple[str, str], ...]:
+    """Each spelling of ``token`` (longest first) with its ``token_ref``: a message's
+    log lines all redact the same token, so this is worked out once per token."""
+    ref = token_ref(token)
+    spellings = {token, json.dumps(token)[1:-1], quote(token, safe=""), quote_plus(token, safe="")}
+    return tuple((spelling, ref) for spelling in sorted(spellings, key=len, reverse=True))

@@ -62,9 +62,14 @@ class QueueConsumer:
         self._sqs = queue.sqs
         self._processor = processor
         self._total_slots = total_slots
-        self._queue_slots = anyio.CapacityLimiter(
-            self.runtime.settings.concurrency or int(total_slots.total_tokens)
+        # A queue without a concurrency of its own is bounded by the broker-wide limiter
+        # alone: a second limiter of the same size would bound nothing (two acquisitions
+        # per message for no effect).
+        own = self.runtime.settings.concurrency
+        self._queue_slots: anyio.CapacityLimiter | None = (
+            anyio.CapacityLimiter(own) if own is not None else None
         )
+        self._slot_count = own if own is not None else int(total_slots.total_tokens)
         self._stats = stats
         self._processing = 0
         #: When each loop's ReceiveMessage in flight began (loop index → time).
@@ -84,7 +89,7 @@ class QueueConsumer:
     @property
     def free_slots(self) -> int:
         """Handler slots of this queue not running a handler (a pending poll's included)."""
-        return int(self._queue_slots.total_tokens) - self._processing
+        return self._slot_count - self._processing
 
     @property
     def receiving(self) -> int:
@@ -103,8 +108,7 @@ class QueueConsumer:
             return 1  # one receive at a time keeps a FIFO queue's batches in group order
         if self.runtime.settings.receivers is not None:
             return self.runtime.settings.receivers
-        slots = int(self._queue_slots.total_tokens)
-        return max(1, min(_AUTO_RECEIVERS_MAX, slots // _SLOTS_PER_AUTO_RECEIVER))
+        return max(1, min(_AUTO_RECEIVERS_MAX, self._slot_count // _SLOTS_PER_AUTO_RECEIVER))
 
     def stuck_for_s(self) -> float | None:
         """How long a ReceiveMessage has gone unanswered past any sane bound, else None."""
@@ -119,6 +123,7 @@ class QueueConsumer:
         """Start no more polls: loops waiting for a slot or backing off end now, and a
         ReceiveMessage in flight is left to return (then what it returns is handed back)."""
         self._stopping = True
+        self.queue.keeper.wake()
         for index, scope in self._scopes.items():
             if index not in self._receiving_since:
                 scope.cancel()
@@ -126,6 +131,8 @@ class QueueConsumer:
     async def poll(self, work: TaskGroup) -> None:
         """Run the queue's receive loops until ``stop`` (and their last receives returned)
         or cancelled; messages start as tasks in ``work``."""
+        # The visibility timer lives in ``work``: it outlasts the polls, as the handlers do.
+        work.start_soon(self.queue.keeper.run, lambda: self._stopping)
         try:
             async with anyio.create_task_group() as loops:
                 for index in range(self.receivers):
@@ -224,12 +231,15 @@ class QueueConsumer:
         )
 
     async def _reserve(self) -> list[Slot]:
+        queue_slots, total_slots = self._queue_slots, self._total_slots
         first = Slot()
-        await self._queue_slots.acquire_on_behalf_of(first)
+        if queue_slots is not None:
+            await queue_slots.acquire_on_behalf_of(first)
         try:
-            await self._total_slots.acquire_on_behalf_of(first)
+            await total_slots.acquire_on_behalf_of(first)
         except BaseException:
-            self._queue_slots.release_on_behalf_of(first)
+            if queue_slots is not None:
+                queue_slots.release_on_behalf_of(first)
             raise
         slots = [first]
         # Top up without waiting: a long poll for 1 message when 10 slots are free
@@ -237,13 +247,15 @@ class QueueConsumer:
         while len(slots) < MAX_RECEIVE:
             slot = Slot()
             try:
-                self._queue_slots.acquire_on_behalf_of_nowait(slot)
+                if queue_slots is not None:
+                    queue_slots.acquire_on_behalf_of_nowait(slot)
             except anyio.WouldBlock:
                 break
             try:
-                self._total_slots.acquire_on_behalf_of_nowait(slot)
+                total_slots.acquire_on_behalf_of_nowait(slot)
             except anyio.WouldBlock:
-                self._queue_slots.release_on_behalf_of(slot)
+                if queue_slots is not None:
+                    queue_slots.release_on_behalf_of(slot)
                 break
             slots.append(slot)
         return slots
@@ -251,7 +263,8 @@ class QueueConsumer:
     def _release(self, slots: list[Slot]) -> None:
         for slot in slots:
             self._total_slots.release_on_behalf_of(slot)
-            self._queue_slots.release_on_behalf_of(slot)
+            if self._queue_slots is not None:
+                self._queue_slots.release_on_behalf_of(slot)
 
     async def _receive(self, count: int) -> list[ReceivedMessage]:
         params: dict[str, object] = {

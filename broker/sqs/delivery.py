@@ -10,7 +10,7 @@ wraps each received message in a ``Delivery``:
 - ``hand_back()``: visible again now, for another consumer;
 - ``park()``: hidden as long as retries back off at most, for the queue's redrive policy;
 - ``dead_letter(reason, detail)``: a copy in the queue's DLQ saying why (``sqs.deadletter``);
-- ``keep_invisible()``: the visibility extension while the handler runs.
+- ``queue.keeper``: the visibility extension while handlers run (``sqs.visibility``).
 
 None of them raises for an AWS error: each is logged, and the worst case is a
 redelivery, never a lost task.
@@ -31,15 +31,12 @@ from broker.observability.redact import redact_token
 from broker.sqs.deadletter import dead_letter_copy, is_redriven
 from broker.sqs.deleter import DeleteBatcher
 from broker.sqs.message import QueueRuntime, ReceivedMessage
+from broker.sqs.visibility import MAX_VISIBILITY_S, VisibilityKeeper
 
 __all__ = ["Delivery", "SqsQueue"]
 
 log = logging.getLogger("broker.delivery")
 
-#: SQS's longest visibility timeout, and how long after its receive a message may stay
-#: invisible at most.
-MAX_VISIBILITY_S: Final = 43_200
-_VISIBILITY_MARGIN_S: Final = 5
 #: Tries of one dead-letter copy on throttling/5xx/network errors (on top of botocore's).
 _DLQ_ATTEMPTS: Final = 4
 _DLQ_BACKOFF_S: Final = 0.1
@@ -56,6 +53,8 @@ class SqsQueue:
         self.deleter = deleter
         #: How long ``Delivery.park`` hides a message (the longest retry delay).
         self.park_s = park_s
+        #: Keeps the messages whose handlers run invisible (one timer for the queue).
+        self.keeper = VisibilityKeeper(runtime, sqs)
 
     @property
     def name(self) -> str:
@@ -99,27 +98,6 @@ class Delivery:
         """Hide the message as long as a retry waits at most: with no copy of ours, the
         queue's own redrive policy moves it after maxReceiveCount receives."""
         await self.hide(self.queue.park_s)
-
-    async def keep_invisible(self) -> None:
-        """Extend the visibility at half-life while the handler runs, so that a slow
-        handler is not run twice; runs until cancelled (or SQS's 12 h limit)."""
-        runtime = self.queue.runtime
-        visibility_s = runtime.settings.visibility_timeout_s or runtime.visibility_timeout_s
-        if visibility_s <= 0:
-            return
-        started = anyio.current_time()
-        while True:
-            await anyio.sleep(visibility_s / 2)
-            left_s = MAX_VISIBILITY_S - _VISIBILITY_MARGIN_S - (anyio.current_time() - started)
-            extend_s = min(visibility_s, int(left_s))
-            if extend_s <= 0:
-                log.warning(
-                    "message %s on %s reached the 12 h visibility limit; it will be redelivered",
-                    self.message.message_id,
-                    self.queue.name,
-                )
-                return
-            await self.hide(extend_s)
 
     async def dead_letter(self, reason: str, detail: str, token: str | None = None) -> bool:
         """Copy the message to the queue's DLQ with why; False if there is none, the copy

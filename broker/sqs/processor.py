@@ -120,14 +120,15 @@ class MessageProcessor:
             note_type("unknown")
             return await self._unknown_type(delivery, envelope)
         note_type(route.message_type)
-        verdict = await self._step.run(
-            route,
-            envelope.token,
-            envelope.payload,
-            origin=origin,
-            body=envelope.body,
-            alongside=delivery.keep_invisible,
-        )
+        # Invisible while the handler runs, by the queue's one visibility timer.
+        keeper = delivery.queue.keeper
+        keeper.track(delivery.message)
+        try:
+            verdict = await self._step.run(
+                route, envelope.token, envelope.payload, origin=origin, body=envelope.body
+            )
+        finally:
+            keeper.untrack(delivery.message)
         return await self._settle(delivery, route, envelope.token, verdict)
 
     async def _settle(

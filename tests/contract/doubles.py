@@ -16,7 +16,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import aioboto3
 import anyio
@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from awsstub import StubControl, StubServer
+from broker.aws.clients import lean_clients
 from broker.aws.protocols import SfnApi, SqsApi
 from broker.testing import FakeSfn, FakeSqs
 
@@ -127,7 +128,9 @@ async def _clients(endpoint_url: str) -> AsyncIterator[tuple[SqsApi, SfnApi]]:
         sfn = await stack.enter_async_context(
             session.client("stepfunctions", endpoint_url=endpoint_url, config=config)
         )
-        yield cast(SqsApi, sqs), cast(SfnApi, sfn)
+        # The broker's default path: the hot calls lean, the rest on these clients.
+        lean = await lean_clients(session, sqs, sfn)
+        yield lean.sqs, lean.sfn
 
 
 class _Emulator(Double):

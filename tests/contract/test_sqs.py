@@ -202,6 +202,23 @@ async def test_a_receive_returns_only_the_attributes_it_asked_for(double: Double
     assert full["MessageAttributes"]["type"]["DataType"] == "String"
 
 
+async def test_every_attribute_type_and_a_non_ascii_body_arrive_whole(double: Double) -> None:
+    # The lean receive checks MD5OfBody and MD5OfMessageAttributes and leaves out a
+    # message that fails either: each double's checksums must agree with ours.
+    url = await double.create_queue(unique("types"))
+    attributes = {
+        "type": {"DataType": "String", "StringValue": "callback · ü"},
+        "count": {"DataType": "Number", "StringValue": "-12.5"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xffbinary"},
+        "tagged": {"DataType": "String.custom", "StringValue": "x"},
+    }
+    body = '{"TaskToken": "t", "input": "ünïcødé ✓ 🎉"}'
+    await send(double, url, body, MessageAttributes=attributes)
+    [message] = await receive_all(double, url)
+    assert message["Body"] == body
+    assert message["MessageAttributes"] == attributes
+
+
 async def test_queue_attributes_count_visible_and_in_flight_apart(double: Double) -> None:
     url = await double.create_queue(unique("depth"), visibility_timeout_s=7)
     await send(double, url, "a")

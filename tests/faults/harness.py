@@ -188,7 +188,7 @@ def make_plan(tasks: int, rng: random.Random) -> Plan:
     return plan
 
 
-def broker_env(endpoint_url: str, *, fast_completions: bool = False) -> dict[str, str]:
+def broker_env(endpoint_url: str, *, aws_client: str = "lean") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
     env.update(
         {
@@ -214,7 +214,7 @@ def broker_env(endpoint_url: str, *, fast_completions: bool = False) -> dict[str
             "BROKER_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
             "BROKER_LOG_LEVEL": "INFO",
             "BROKER_HTTP_PORT": "0",
-            "BROKER_FAST_COMPLETIONS": "true" if fast_completions else "false",
+            "BROKER_AWS_CLIENT": aws_client,
         }
     )
     return env
@@ -286,7 +286,7 @@ def run(
     faults: Faults | None = None,
     log_path: Path,
     timeout_s: float = 240.0,
-    fast_completions: bool = False,
+    aws_client: str = "lean",
 ) -> Report:
     seed = seed if seed is not None else random.SystemRandom().randrange(1 << 30)
     rng = random.Random(seed)
@@ -309,7 +309,7 @@ def run(
             jitter_ms=faults.jitter_ms,
             seed=seed,
         )
-        env = broker_env(stub.endpoint_url, fast_completions=fast_completions)
+        env = broker_env(stub.endpoint_url, aws_client=aws_client)
         # Kill while work is in flight: when a random share of the tasks is closed.
         thresholds = sorted(rng.uniform(0.1, 0.8) for _ in range(kills))
         broker = BrokerProcess(env, log_path)
@@ -427,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--log", type=Path, default=Path("bench/results/faults-broker.log"))
     parser.add_argument(
-        "--fast-completions", action="store_true", help="BROKER_FAST_COMPLETIONS=true"
+        "--aws-client",
+        choices=("lean", "botocore"),
+        default="lean",
+        help="BROKER_AWS_CLIENT (default lean)",
     )
     args = parser.parse_args(argv)
     args.log.parent.mkdir(parents=True, exist_ok=True)
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         kills=args.kills,
         seed=args.seed,
         log_path=args.log,
-        fast_completions=args.fast_completions,
+        aws_client=args.aws_client,
     )
     print(report.table())
     for problem in [*report.wrong, *report.dead_letter_problems]:

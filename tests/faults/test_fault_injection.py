@@ -17,9 +17,9 @@ from .harness import SHUTDOWN_GRACE_S, run
 pytestmark = pytest.mark.faults
 
 
-@pytest.mark.parametrize("fast_completions", [False, True], ids=["botocore", "fast"])
+@pytest.mark.parametrize("aws_client", ["lean", "botocore"])
 def test_every_task_gets_its_decided_outcome_under_faults_and_kills(
-    tmp_path: Path, record_table: list[str], fast_completions: bool
+    tmp_path: Path, record_table: list[str], aws_client: str
 ) -> None:
     tasks = int(os.environ.get("FAULT_TASKS", "1000"))
     report = run(
@@ -27,9 +27,9 @@ def test_every_task_gets_its_decided_outcome_under_faults_and_kills(
         kills=3,
         log_path=tmp_path / "broker.log",
         timeout_s=240,
-        fast_completions=fast_completions,
+        aws_client=aws_client,
     )
-    transport = "fast completions" if fast_completions else "botocore completions"
+    transport = f"BROKER_AWS_CLIENT={aws_client}"
     record_table.append(f"{transport}\n{report.table()}")
     print(report.table())
 

@@ -360,9 +360,9 @@ async def test_drain_hands_cut_off_messages_back_at_once(
     await assert_queues_drained(aws, queue)
 
 
-@pytest.mark.parametrize("fast", [False, True])
-async def test_fast_completions_complete_fail_and_heartbeat_on_moto(
-    aws: EmbeddedAws, seed_flows: SeedFlows, fast: bool
+@pytest.mark.parametrize("aws_client", ["lean", "botocore"])
+async def test_both_aws_clients_complete_fail_and_heartbeat_on_moto(
+    aws: EmbeddedAws, seed_flows: SeedFlows, aws_client: str
 ) -> None:
     router = Router()
 
@@ -382,7 +382,7 @@ async def test_fast_completions_complete_fail_and_heartbeat_on_moto(
     settings = settings_for(
         aws,
         QueueSettings(name=seed_flows.queues["callback"], type_field="input.kind"),
-        fast_completions=fast,
+        aws_client=aws_client,
     )
     inputs = [{"kind": "ok"}, {"kind": "no"}, {"kind": "nobody"}, {"kind": "slow"}]
     async with running(settings, router) as broker:

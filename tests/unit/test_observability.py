@@ -278,3 +278,26 @@ async def test_activity_handlers_show_in_the_in_flight_gauge() -> None:
     assert value(found, "broker_handlers_in_flight", queue="act") == 1
     assert value(found, "broker_messages_received_total", queue="act") == 1
     assert tb.sfn.outcomes[token].output == "done"
+
+
+def test_outcome_durations_are_finer_than_the_loops_millisecond_clock() -> None:
+    # uvloop's loop.time() ticks in whole milliseconds: sub-millisecond handlers would
+    # all log 0.0 or 1.0 ms.  perf_counter gives the real duration.
+    router = Router()
+
+    @router.handler("quick")
+    async def quick(task: Task[Any]) -> str:
+        return "ok"
+
+    async def run() -> list[float]:
+        with json_logs("INFO") as buffer:
+            async with TestBroker(router, make_settings()) as tb:
+                for _ in range(20):
+                    await tb.start_task({}, message_type="quick")
+                await tb.wait_idle()
+        events = [orjson.loads(line) for line in buffer.getvalue().splitlines()]
+        return [e["duration_ms"] for e in events if e.get("event") == "outcome"]
+
+    durations = anyio.run(run, backend_options={"use_uvloop": True})
+    assert len(durations) == 20
+    assert any(d != round(d) for d in durations), durations

@@ -234,3 +234,20 @@ def test_the_broker_command_exits_2_naming_the_misspelled_variable(tmp_path: Pat
     result = run_cli("check", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "BROKER_CONCURENCY: unknown setting (did you mean BROKER_CONCURRENCY?)" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_the_retired_fast_completions_variable_is_refused_naming_its_replacement(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # Either value meant something once: neither may be silently ignored now.
+    monkeypatch.setenv("BROKER_FAST_COMPLETIONS", value)
+    with pytest.raises(ConfigError, match=r"BROKER_FAST_COMPLETIONS: removed.*BROKER_AWS_CLIENT"):
+        load_settings()
+
+
+def test_the_retired_fast_completions_key_is_refused_in_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text("fast_completions = true\n")
+    with pytest.raises(ConfigError, match=r"BROKER_FAST_COMPLETIONS: removed.*BROKER_AWS_CLIENT"):
+        load_settings(config)

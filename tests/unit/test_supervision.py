@@ -129,3 +129,26 @@ async def test_task_heartbeat_raises_task_closed_and_the_message_is_dropped() ->
     assert token not in raised[0]
     assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
     assert tb.sqs.count("tasks") == 0
+
+
+async def test_messages_running_together_are_extended_together() -> None:
+    # One visibility timer per queue: the messages due together share one
+    # ChangeMessageVisibilityBatch instead of one call (and one task) each.
+    sqs = FakeSqs()
+    sqs.create_queue("tasks", visibility_timeout_s=1)
+    runs: list[str] = []
+    router = Router()
+
+    @router.handler("slow")
+    async def slow(task: Task[Any]) -> str:
+        runs.append(task.token)
+        await anyio.sleep(1.7)  # past the 1 s visibility timeout
+        return "done"
+
+    async with TestBroker(router, make_settings(), sqs=sqs) as tb:
+        tokens = [await tb.start_task({}, message_type="slow") for _ in range(6)]
+        await tb.wait_idle()
+    assert sorted(runs) == sorted(tokens)  # each ran once
+    assert all(tb.sfn.outcomes[token].output == "done" for token in tokens)
+    assert sqs.calls["change_message_visibility_batch"] >= 2
+    assert sqs.calls["change_message_visibility"] < 6
