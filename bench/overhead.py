@@ -105,7 +105,10 @@ def main() -> None:
     # As `broker run` sets logging up by default: JSON lines at INFO (here to /dev/null).
     devnull = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
     configure_logging("INFO", "json", stream=devnull)
-    print(f"{args.tasks} tasks per run, default settings (concurrency 64), fakes at zero latency")
+    concurrency = BrokerSettings().concurrency
+    print(
+        f"{args.tasks} tasks per run, default settings (concurrency {concurrency}), fakes at zero latency"
+    )
     print(f"{'loop':<8} {'run':>3} {'tasks/s':>9} {'CPU ms/task':>12}")
     for run in range(args.runs):  # alternate the loops so noise hits both alike
         for loop in ("asyncio", "uvloop"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+from anyio.abc import TaskStatus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.activities.poller import lookup_activity, resolve_activity
@@ -27,7 +28,7 @@ from broker.aws.clients import open_clients
 from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
-from broker.core.loop import event_loop_options
+from broker.core.loop import event_loop_options, freeze_startup_heap
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
@@ -184,8 +185,13 @@ async def run_broker(settings: BrokerSettings, router: Router) -> int:
     broker = Broker(settings, router)
     async with anyio.create_task_group() as root:
         root.start_soon(_watch_signals, broker, root.cancel_scope)
-        await broker.run()
-        root.cancel_scope.cancel()
+
+        async def serve(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            await broker.run(task_status=task_status)
+            root.cancel_scope.cancel()  # drained: the signal watcher has nothing left to do
+
+        await root.start(serve)
+        freeze_startup_heap()
     return 0
 
 

@@ -96,7 +96,7 @@ class BrokerSettings(BaseSettings):
         default=True, description="Load Routers from the 'callback_broker.handlers' entry points."
     )
     concurrency: int = Field(
-        default=64, ge=1, description="Handlers in flight, all queues and activities."
+        default=128, ge=1, description="Handlers in flight, all queues and activities."
     )
     completion_concurrency: int = Field(
         default=32, ge=1, description="SendTaskSuccess/Failure calls in flight."

@@ -68,7 +68,7 @@ async def test_metrics_count_what_happened_with_bounded_labels() -> None:
     assert value(found, "broker_delete_batch_size_count") >= 1
     assert value(found, "broker_delete_batch_size_sum") == 6
     assert value(found, "broker_ready") == 1
-    assert value(found, "broker_free_slots", queue="tasks") == 64
+    assert value(found, "broker_free_slots", queue="tasks") == 128
     assert "tok:" not in body.decode()
 
 
