@@ -107,7 +107,8 @@ def main() -> None:
     configure_logging("INFO", "json", stream=devnull)
     concurrency = BrokerSettings().concurrency
     print(
-        f"{args.tasks} tasks per run, default settings (concurrency {concurrency}), fakes at zero latency"
+        f"{args.tasks} tasks per run, default settings (concurrency {concurrency}), "
+        "fakes at zero latency"
     )
     print(f"{'loop':<8} {'run':>3} {'tasks/s':>9} {'CPU ms/task':>12}")
     for run in range(args.runs):  # alternate the loops so noise hits both alike
