@@ -29,7 +29,7 @@ from pydantic import AliasChoices
 
 from broker import BrokerSettings, Outcome, build_router
 from broker.activities.processor import _SHUTDOWN_FAIL_TIMEOUT_S
-from broker.aws.protocols import SfnApi, SqsApi
+from broker.aws.protocols import DynamoApi, SfnApi, SqsApi
 from broker.core.settings import ENV_PREFIX
 from broker.core.settings_sources import RETIRED_VARIABLES
 from broker.observability.metrics import (
@@ -572,7 +572,7 @@ def iam_action(api: str, method: str) -> str:
 
 def calls_the_broker_makes() -> set[str]:
     actions: set[str] = set()
-    for api, protocol in (("sqs", SqsApi), ("states", SfnApi)):
+    for api, protocol in (("sqs", SqsApi), ("states", SfnApi), ("dynamodb", DynamoApi)):
         members = [name for name in vars(protocol) if not name.startswith("_")]
         assert members, protocol
         actions.update(iam_action(api, name) for name in members)
