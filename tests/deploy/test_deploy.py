@@ -55,6 +55,7 @@ ECS_TARGET_GROUP: Final = DEPLOY / "ecs" / "decisions-target-group.json"
 ECS_LISTENER_RULE: Final = DEPLOY / "ecs" / "decisions-listener-rule.json"
 IAM_POLICY: Final = DEPLOY / "iam" / "broker-policy.json"
 DASHBOARD: Final = DEPLOY / "grafana" / "broker-dashboard.json"
+IDEMPOTENCY_TABLE: Final = DEPLOY / "idempotency" / "table.cfn.yaml"
 DEPLOY_README: Final = DEPLOY / "README.md"
 OPERATIONS: Final = ROOT / "docs" / "operations.md"
 EXAMPLES: Final = (
@@ -67,6 +68,7 @@ EXAMPLES: Final = (
     ECS_LISTENER_RULE,
     IAM_POLICY,
     DASHBOARD,
+    IDEMPOTENCY_TABLE,
 )
 
 #: The metrics of issue 6's contract, with their Prometheus types.
