@@ -1,4 +1,5 @@
-"""The ``broker`` command: run, check, handlers, healthcheck, redrive, decisions, demo.
+"""The ``broker`` command: run, check, handlers, healthcheck, redrive, decisions,
+idempotency, demo.
 
 Exit codes: 0 done (a signal-initiated stop included), 1 a runtime failure (for
 example a queue that does not exist, denied access, no credentials, an endpoint that
@@ -25,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.activities.poller import lookup_activity, resolve_activity
 from broker.aws.clients import open_clients
+from broker.aws.dynamo import create_table, table_problems
 from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry, describe_aws_error
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.command == "redrive":
             return _run_async(_redrive, settings, args.dead_letter_queue, args.to, args.max)
+        if args.command == "idempotency":
+            return _run_async(_create_table, settings, args.table)
         router = build_router(settings)
         if args.command == "handlers":
             return _print_handlers(router)
@@ -138,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     decisions_commands.add_parser(
         "keygen", help="print a new key for BROKER_DECISION_KEYS (put it first to rotate)"
     )
+    idempotency = commands.add_parser(
+        "idempotency", help="the idempotency table of idempotent=True handlers (docs/fleet.md)"
+    )
+    idempotency_commands = idempotency.add_subparsers(dest="idempotency_command", required=True)
+    create = idempotency_commands.add_parser(
+        "create-table", help="create the table (on-demand, TTL on expires_at) unless it exists"
+    )
+    create.add_argument("table", help="the table's name (then set BROKER_IDEMPOTENCY_TABLE)")
     demo = commands.add_parser(
         "demo", help="run the seed workflows end to end on an embedded emulator (no AWS)"
     )
@@ -258,6 +270,15 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
                     continue
                 activities_ok += 1
                 print(f"activity {activity.name}: ok ({arn}, {activity.pollers} poller(s))")
+            if settings.idempotency_table and clients.dynamodb is not None:
+                try:
+                    table = await table_problems(
+                        clients.dynamodb, settings.idempotency_table, retry
+                    )
+                except BrokerError as exc:
+                    problem(f"idempotency table {settings.idempotency_table}", exc)
+                else:
+                    print(f"idempotency table {settings.idempotency_table}: ok ({table.line()})")
             try:
                 topic = await open_topic(clients.sns, settings, retry)
             except BrokerError as exc:
@@ -292,6 +313,25 @@ async def _redrive(
     return 1 if report.failed else 0
 
 
+async def _create_table(settings: BrokerSettings, table: str) -> int:
+    """``broker idempotency create-table``: the table, unless it exists; checked."""
+    settings = settings.model_copy(update={"idempotency_table": table})
+    async with open_clients(settings) as clients:
+        assert clients.dynamodb is not None  # opened: the setting is set
+        try:
+            state, created = await create_table(clients.dynamodb, table)
+        except (BotoCoreError, ClientError) as exc:
+            raise describe_aws_error(
+                exc, f"idempotency table {table!r}", api="CreateTable", client=clients.dynamodb
+            ) from exc
+    print(f"idempotency table {table}: {'created' if created else 'exists'} ({state.line()})")
+    for problem in state.problems():
+        print(f"idempotency table {table}: PROBLEM: {problem}")
+    if not state.problems():
+        print(f"set {ENV_PREFIX}IDEMPOTENCY_TABLE={table}")
+    return 1 if state.problems() else 0
+
+
 def _print_handlers(router: Router) -> int:
     if not len(router):
         print(
@@ -302,5 +342,6 @@ def _print_handlers(router: Router) -> int:
     width = max(len(route.message_type) for route in router)
     for route in sorted(router, key=lambda r: r.message_type):
         typed = " typed" if route.payload_adapter else ""
-        print(f"{route.message_type:<{width}}  {route.handler_name}{typed}  [{route.origin}]")
+        once = " idempotent" if route.options.idempotent else ""
+        print(f"{route.message_type:<{width}}  {route.handler_name}{typed}{once}  [{route.origin}]")
     return 0

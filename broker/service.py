@@ -24,12 +24,14 @@ from anyio.abc import TaskStatus
 from broker.activities.poller import ActivityPoller, activity_route_problems, resolve_activity
 from broker.activities.processor import ActivityTaskProcessor
 from broker.aws.clients import open_clients
+from broker.aws.dynamo import open_store
 from broker.aws.instrument import instrument
 from broker.aws.protocols import AwsClients, SqsApi
 from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry
 from broker.core.completer import Completer
 from broker.core.errors import ConfigError
+from broker.core.once import Once, idempotency_problems
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from broker.core.step import Step
@@ -152,6 +154,7 @@ class Broker:
             # BROKER_DECISION_TOPIC found once, before the queues' deleters exist: a
             # missing topic stops the start with nothing to close.
             topic = await open_topic(clients.sns, settings, retry)
+            store = await open_store(clients.dynamodb, settings, retry)
             queues = [await self._open_queue(clients.sqs, q, retry) for q in settings.queues]
             completer = Completer(
                 clients.sfn,
@@ -173,6 +176,11 @@ class Broker:
                 tracer=self.tracer,
                 links=links,
                 notify=None if topic is None else topic.publish,
+                once=(
+                    None
+                    if store is None
+                    else Once(store, handler_timeout_s=settings.handler_timeout_s)
+                ),
             )
             if self.codec is not None:
                 self.decisions = Decisions(self.codec, completer, self.stats)
@@ -343,4 +351,5 @@ def configuration_problems(settings: BrokerSettings, router: Router) -> list[Con
             ConfigError(f"{ENV_PREFIX}QUEUES: no queue configured (and no {ENV_PREFIX}ACTIVITIES)")
         )
     problems += activity_route_problems(settings.activities, router)
+    problems += idempotency_problems(settings, router)
     return problems + decision_problems(settings, router)

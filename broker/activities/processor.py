@@ -5,7 +5,8 @@ timeout, heartbeats, error names, spans, outcome events), minus everything SQS (
 message to hide, delete or dead-letter).  Activities have no redelivery: every outcome
 is final, so a ``Retry`` verdict (an exception, a timeout) fails the task at once (state
 machines retry it with ``Retry``).  A task cut off by the drain is failed with
-``Broker.ShuttingDown`` rather than left to time out.
+``Broker.ShuttingDown`` rather than left to time out, one whose idempotency claim could
+not be made with ``Broker.IdempotencyUnavailable``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from broker.core.errors import ErrorName
 from broker.core.router import Route, Router
 from broker.core.settings import ActivitySettings
 from broker.core.step import Completion, Origin, Step
-from broker.core.verdict import Closed, Deferred, Failed, Retry, Succeeded, Verdict
+from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
 from broker.observability.events import note_token, note_type
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome, Stats
@@ -153,6 +154,16 @@ class ActivityTaskProcessor:
                     token_ref(token),
                 )
                 return Outcome.DEFERRED
+            case Busy(error=None):
+                # Another run holds the token's claim: it completes the task.
+                return Outcome.DUPLICATE
+            case Busy(error=error):
+                # Nothing ran (fail closed) and nothing redelivers an activity task:
+                # fail it with a name the state machine's Retry can match.
+                cause = f"the idempotency table could not be asked ({error}); nothing ran"
+                return await self._settled(
+                    activity, token, Failed(ErrorName.IDEMPOTENCY_UNAVAILABLE, cause)
+                )
             case _:
                 assert_never(verdict)
 

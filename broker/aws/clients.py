@@ -1,4 +1,5 @@
-"""The real AWS clients: aioboto3 for SQS, Step Functions and SNS, and the lean hot path.
+"""The real AWS clients: aioboto3 for SQS, Step Functions, SNS and DynamoDB, and the lean
+hot path.
 
 By default (``BROKER_AWS_CLIENT=lean``) the hot calls (ReceiveMessage, DeleteMessageBatch,
 ChangeMessageVisibility(Batch), SendTaskSuccess/Failure/Heartbeat) go through
@@ -23,7 +24,7 @@ from broker._version import __version__
 from broker.aws.lean import LeanTransport
 from broker.aws.leansfn import LeanSfn
 from broker.aws.leansqs import LeanSqs
-from broker.aws.protocols import AwsClients, SfnApi, SnsApi, SqsApi
+from broker.aws.protocols import AwsClients, DynamoApi, SfnApi, SnsApi, SqsApi
 from broker.core.errors import ConfigError
 from broker.core.settings import BrokerSettings
 
@@ -35,8 +36,8 @@ ACTIVITY_POLL_READ_TIMEOUT_S: Final = 70
 
 @asynccontextmanager
 async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
-    """Open one SQS and one Step Functions client for the broker's lifetime (and an SNS
-    client when a decision topic is configured)."""
+    """Open one SQS and one Step Functions client for the broker's lifetime (an SNS client
+    when a decision topic is configured, a DynamoDB client when an idempotency table is)."""
     session = aioboto3.Session(region_name=settings.aws_region)
     if session.region_name is None:
         # botocore would raise NoRegionError from deep inside client creation.
@@ -91,16 +92,40 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
                     session.client("sns", config=sns_config, endpoint_url=endpoint)
                 ),
             )
+        dynamodb: DynamoApi | None = None
+        if settings.idempotency_table:
+            # Only idempotent=True routes call it (two writes per task, a read per
+            # duplicate): botocore's client and its standard retries are enough there;
+            # what still fails is handled by core.idempotency (fail closed).
+            dynamodb_config = AioConfig(
+                read_timeout=5,
+                connect_timeout=5,
+                max_pool_connections=settings.concurrency + 8,
+                retries={"mode": "standard", "total_max_attempts": 3},
+            )
+            dynamodb = cast(
+                DynamoApi,
+                await optional.enter_async_context(
+                    session.client("dynamodb", config=dynamodb_config, endpoint_url=endpoint)
+                ),
+            )
         if settings.aws_client == "botocore":
             yield AwsClients(
                 sqs=cast(SqsApi, sqs),
                 sfn=cast(SfnApi, sfn),
                 sfn_poll=cast(SfnApi, sfn_poll),
                 sns=sns,
+                dynamodb=dynamodb,
             )
             return
         lean = await lean_clients(session, sqs, sfn)
-        yield AwsClients(sqs=lean.sqs, sfn=lean.sfn, sfn_poll=cast(SfnApi, sfn_poll), sns=sns)
+        yield AwsClients(
+            sqs=lean.sqs,
+            sfn=lean.sfn,
+            sfn_poll=cast(SfnApi, sfn_poll),
+            sns=sns,
+            dynamodb=dynamodb,
+        )
 
 
 async def lean_clients(session: Any, sqs: Any, sfn: Any) -> AwsClients:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
 from broker.aws.errors import HEARTBEAT_CLOSED_CODES, error_name, is_throttle
-from broker.aws.protocols import AwsClients, SfnApi, SnsApi, SqsApi
+from broker.aws.protocols import AwsClients, DynamoApi, SfnApi, SnsApi, SqsApi
 from broker.observability.stats import Stats
 from broker.observability.tracing import Tracer
 
@@ -95,10 +95,13 @@ class _Instrumented:
 
 
 def instrument(clients: AwsClients, stats: Stats, tracer: Tracer) -> AwsClients:
-    poll, sns = clients.sfn_poll, clients.sns
+    poll, sns, dynamodb = clients.sfn_poll, clients.sns, clients.dynamodb
     return AwsClients(
         sqs=cast(SqsApi, _Instrumented(clients.sqs, stats, tracer)),
         sfn=cast(SfnApi, _Instrumented(clients.sfn, stats, tracer)),
         sfn_poll=None if poll is None else cast(SfnApi, _Instrumented(poll, stats, tracer)),
         sns=None if sns is None else cast(SnsApi, _Instrumented(sns, stats, tracer)),
+        dynamodb=(
+            None if dynamodb is None else cast(DynamoApi, _Instrumented(dynamodb, stats, tracer))
+        ),
     )

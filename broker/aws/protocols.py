@@ -1,4 +1,4 @@
-"""The AWS seam: the few client calls the broker makes, as three protocols.
+"""The AWS seam: the few client calls the broker makes, as four protocols.
 
 The broker talks to SQS, Step Functions and SNS only through these, so tests (and the
 benchmarks) can swap the network for a fake; ``broker.aws.clients`` builds the real ones.
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["AwsClients", "SfnApi", "SnsApi", "SqsApi"]
+__all__ = ["AwsClients", "DynamoApi", "SfnApi", "SnsApi", "SqsApi"]
 
 
 # Read-only callables rather than methods, so that any keyword signature (botocore's
@@ -74,6 +74,29 @@ class SnsApi(Protocol):
     def subscribe(self) -> _Call: ...
 
 
+class DynamoApi(Protocol):
+    """The DynamoDB calls of the idempotency table (``core.idempotency``): claims,
+    records and releases on the hot path of ``idempotent=True`` routes; the table's
+    check and creation (``aws.dynamo``) at start-up and in the ``broker`` command."""
+
+    @property
+    def put_item(self) -> _Call: ...
+    @property
+    def get_item(self) -> _Call: ...
+    @property
+    def update_item(self) -> _Call: ...
+    @property
+    def delete_item(self) -> _Call: ...
+    @property
+    def describe_table(self) -> _Call: ...
+    @property
+    def describe_time_to_live(self) -> _Call: ...
+    @property
+    def create_table(self) -> _Call: ...
+    @property
+    def update_time_to_live(self) -> _Call: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AwsClients:
     sqs: SqsApi
@@ -82,6 +105,9 @@ class AwsClients:
     sfn_poll: SfnApi | None = None
     #: SNS, opened only when a decision topic is configured (``BROKER_DECISION_TOPIC``).
     sns: SnsApi | None = None
+    #: DynamoDB, opened only when an idempotency table is configured
+    #: (``BROKER_IDEMPOTENCY_TABLE``).
+    dynamodb: DynamoApi | None = None
 
     @property
     def activity_sfn(self) -> SfnApi:

@@ -10,6 +10,7 @@ Exception hierarchy (everything the broker raises derives from ``BrokerError``):
     │   ├── QueueNotFound        a configured queue does not exist (or its error is unknown)
     │   ├── ActivityNotFound     a configured activity does not exist (or its error is unknown)
     │   ├── TopicNotFound        the decision topic (BROKER_DECISION_TOPIC) does not exist
+    │   ├── TableNotFound        the idempotency table (BROKER_IDEMPOTENCY_TABLE) does not exist
     │   ├── AwsAccessDenied      the credentials are missing, invalid, expired or not allowed
     │   └── AwsUnavailable       the endpoint unreachable, or transient errors past the deadline
     ├── TaskFailed           raised by a handler: fail the workflow task with (error, cause)
@@ -42,6 +43,7 @@ __all__ = [
     "RegistrationError",
     "RetryLater",
     "StartupError",
+    "TableNotFound",
     "TaskClosed",
     "TaskFailed",
     "TopicNotFound",
@@ -63,6 +65,8 @@ class ErrorName:
     SHUTTING_DOWN: Final = "Broker.ShuttingDown"
     #: ``task.notify``: SNS can never take this message (no ``default``, too large).
     NOTIFICATION_REFUSED: Final = "Broker.NotificationRefused"
+    #: An idempotent activity task whose claim the table could not take: nothing ran.
+    IDEMPOTENCY_UNAVAILABLE: Final = "Broker.IdempotencyUnavailable"
 
 
 class BrokerError(Exception):
@@ -101,6 +105,11 @@ class ActivityNotFound(StartupError):
 
 class TopicNotFound(StartupError):
     """The decision topic (``BROKER_DECISION_TOPIC``) does not exist, or its lookup failed."""
+
+
+class TableNotFound(StartupError):
+    """The idempotency table (``BROKER_IDEMPOTENCY_TABLE``) does not exist, or its lookup
+    failed."""
 
 
 class AwsAccessDenied(StartupError):

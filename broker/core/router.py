@@ -34,6 +34,10 @@ class HandlerOptions:
     decisions: bool = False
     #: The handler may call ``task.notify()`` (start-up then requires BROKER_DECISION_TOPIC).
     notify: bool = False
+    #: Run the handler once per task token across replicas: claimed, recorded and
+    #: replayed through the idempotency table (start-up then requires
+    #: BROKER_IDEMPOTENCY_TABLE and a handler timeout; docs/fleet.md).
+    idempotent: bool = False
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "heartbeat_s"):
@@ -83,12 +87,15 @@ class Router:
         heartbeat_s: float | None = None,
         decisions: bool = False,
         notify: bool = False,
+        idempotent: bool = False,
     ) -> Callable[[F], F]:
         """Register the decorated ``async def`` for one or more message types.
 
         ``decisions=True`` lets it make decision links (``task.decision_links()``),
         ``notify=True`` lets it publish to the decision topic (``task.notify()``); each
-        makes start-up check the settings it needs.
+        makes start-up check the settings it needs.  ``idempotent=True`` runs it at most
+        once per task token across replicas, through the idempotency table
+        (``BROKER_IDEMPOTENCY_TABLE``; docs/fleet.md).
         """
         if not message_types:
             raise RegistrationError("@router.handler() needs at least one message type")
@@ -98,6 +105,7 @@ class Router:
             heartbeat_s=heartbeat_s,
             decisions=decisions,
             notify=notify,
+            idempotent=idempotent,
         )
 
         def register(func: F) -> F:

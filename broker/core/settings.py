@@ -173,6 +173,18 @@ class BrokerSettings(BaseSettings):
     decision_topic: str | None = Field(
         default=None, description="SNS topic (name or ARN) that task.notify() publishes to."
     )
+    idempotency_table: str | None = Field(
+        default=None,
+        description="DynamoDB table (name or ARN) of the idempotent=True handlers' claims and "
+        "verdicts (`broker idempotency create-table NAME`; docs/fleet.md).",
+    )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0,
+        ge=60,
+        le=31_536_000,
+        description="How long a recorded verdict is replayed to a later copy of its task "
+        "(the table's TTL attribute).",
+    )
     aws_region: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BROKER_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),

@@ -7,11 +7,13 @@ then hands over to ``Step``:
    and its count, the same for every source;
 2. ``run``: validate the payload against the handler's model, build the ``Task``, run
    the handler under its timeout with heartbeats (and whatever the source keeps alive
-   beside it), time it, and reduce what happened to a ``Verdict``;
+   beside it), time it, and reduce what happened to a ``Verdict``; an
+   ``idempotent=True`` route's run goes through ``core.once`` (claimed first, its
+   verdict recorded, or a recorded verdict replayed, or ``Busy``);
 3. ``complete``: send a ``Succeeded`` or ``Failed`` verdict through the ``Completer`` and
    read Step Functions' answer into one ``Completion`` (confirmation and outcome).
 
-What a source does with ``Retry`` and ``Closed``, and with its message once the
+What a source does with ``Retry``, ``Closed`` and ``Busy``, and with its message once the
 completion is known (delete, hide, dead-letter, or nothing), is the source's own.
 """
 
@@ -28,6 +30,7 @@ from pydantic import ValidationError
 
 from broker.core.completer import Completer, Confirmation
 from broker.core.errors import ErrorName, TaskClosed, TaskFailed
+from broker.core.once import Once
 from broker.core.payloads import encode_output, invalid_input_cause
 from broker.core.router import Route
 from broker.core.task import Task
@@ -110,6 +113,7 @@ class Step:
         tracer: Tracer | None = None,
         links: LinkMaker | None = None,
         notify: Notifier | None = None,
+        once: Once | None = None,
     ) -> None:
         self._completer = completer
         self._stats = stats
@@ -119,6 +123,9 @@ class Step:
         #: that the settings they need are there).
         self._links = links
         self._notify = notify
+        #: The idempotency table's side of ``idempotent=True`` routes (start-up checked
+        #: that it is there when such a route is).
+        self._once = once
 
     async def observed(self, origin: Origin, decide: Callable[[], Awaitable[Outcome]]) -> Outcome:
         """``decide()`` inside the task's outcome record and span; counted and logged once."""
@@ -177,6 +184,16 @@ class Step:
             task._decision_links = self._links.links
         if route.options.notify and self._notify is not None:
             task._notify = self._notify
+        if route.options.idempotent and self._once is not None:
+            return await self._once.run(route, token, lambda: self._timed(route, task, alongside))
+        return await self._timed(route, task, alongside)
+
+    async def _timed(
+        self,
+        route: Route,
+        task: Task[Any],
+        alongside: Callable[[], Coroutine[Any, Any, None]] | None,
+    ) -> Verdict:
         # perf_counter: uvloop's loop clock ticks in whole milliseconds.
         started = time.perf_counter()
         if self._tracer.enabled:
@@ -195,7 +212,9 @@ class Step:
         """SendTaskSuccess (an output that cannot be sent fails the task instead) or
         SendTaskFailure, and what Step Functions answered."""
         if isinstance(verdict, Succeeded):
-            output = encode_output(verdict.output)
+            output = (
+                verdict.encoded if verdict.encoded is not None else encode_output(verdict.output)
+            )
             if isinstance(output, str):
                 confirmation = await self._completer.succeed(token, output)
                 if confirmation is not Confirmation.INVALID_OUTPUT:

@@ -1,4 +1,4 @@
-"""What a handler's run decided, as one of five frozen values.
+"""What a handler's run decided, as one of six frozen values.
 
 ``core.step`` turns whatever the handler did (returned, raised, timed out, was cancelled
 because the workflow closed the task) into a ``Verdict``; each source then takes it
@@ -13,7 +13,11 @@ case cannot be added without every source handling it.
 - ``Closed()``: the workflow closed the task meanwhile: nothing is sent;
 - ``Deferred(reason)``: the handler returned ``Deferred()``: the task is left open in Step
   Functions for someone else to complete (a person, through decision links): nothing
-  is sent, and an SQS message is deleted.
+  is sent, and an SQS message is deleted;
+- ``Busy(left_s, error)``: an ``idempotent=True`` route's handler did not run here:
+  another copy of the task holds a live claim on it (``left_s`` until its lease ends),
+  or the idempotency store could not be asked (``error``); a source that redelivers
+  hands the message back later without counting an attempt, the others send nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from broker.core.errors import ErrorName, NonRetryable, RetryLater
 from broker.observability.stats import Outcome
 
 __all__ = [
+    "Busy",
     "Closed",
     "Deferred",
     "Failed",
@@ -41,6 +46,9 @@ class Succeeded:
     """The handler returned ``output``: send it (``Step.complete`` encodes it)."""
 
     output: object
+    #: The output as sent, when encoded already (recorded or replayed by
+    #: ``core.once``): sent as it is.
+    encoded: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +105,19 @@ class Deferred:
     reason: str = ""
 
 
-Verdict: TypeAlias = Succeeded | Failed | Retry | Closed | Deferred
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """An idempotent route's handler was not run (docs/fleet.md): come back later.
+
+    ``left_s``: how long the other copy's claim has left (None when unknown);
+    ``error``: the idempotency store's error when it could not be asked (fail closed).
+    """
+
+    left_s: float | None = None
+    error: str | None = None
+
+
+Verdict: TypeAlias = Succeeded | Failed | Retry | Closed | Deferred | Busy
 
 
 def retry_for(exc: Exception) -> Retry:

@@ -15,6 +15,8 @@ through its ``Delivery`` (``sqs.delivery``)::
     Retry, last attempt (or NonRetryable)  fail                      dead_letter + delete
     Closed (the workflow gave up)          -                         delete
     Deferred (handed to a person)          - (the task stays open)   delete
+    Busy (idempotent: claimed elsewhere,   -                         hide(backoff, at most
+      or the table failed)                                           the claim's lease)
 
 "Once settled": only after Step Functions confirmed the outcome, or said the task is
 closed; otherwise the message is kept and comes back when its visibility lapses.
@@ -24,6 +26,7 @@ Cancellation is never swallowed.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import assert_never
@@ -34,7 +37,7 @@ from broker.core.completer import Confirmation
 from broker.core.errors import ErrorName
 from broker.core.router import Route, Router
 from broker.core.step import Completion, Origin, Step
-from broker.core.verdict import Closed, Deferred, Failed, Retry, Succeeded, Verdict
+from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
 from broker.observability.events import note_error, note_token, note_type
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome
@@ -160,8 +163,24 @@ class MessageProcessor:
                 )
                 await delivery.delete()
                 return Outcome.DEFERRED
+            case Busy():
+                return await self._busy(delivery, verdict)
             case _:
                 assert_never(verdict)
+
+    async def _busy(self, delivery: Delivery, busy: Busy) -> Outcome:
+        """Another replica runs this task (or the idempotency table failed): come back,
+        as an in-process duplicate does, without counting an attempt."""
+        delay_s = self._retry_delay_s(delivery.message.receive_count)
+        if busy.left_s is not None:
+            # Back by the time the other run's lease lapses, if the backoff is longer.
+            delay_s = min(delay_s, math.ceil(busy.left_s) + 1)
+        # Never at once: a zero backoff (tests) would spin on the other run's claim.
+        delay_s = max(delay_s, 1)
+        if busy.error is not None:
+            note_error(busy.error)
+        await delivery.hide(delay_s)
+        return Outcome.RETRY
 
     async def _settled(
         self, delivery: Delivery, token: str, verdict: Succeeded | Failed

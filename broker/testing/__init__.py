@@ -1,4 +1,4 @@
-"""In-memory SQS, Step Functions and SNS for testing handlers and the broker without AWS.
+"""In-memory SQS, Step Functions, SNS and DynamoDB for testing handlers and the broker without AWS.
 
 The fakes keep the semantics the broker relies on — visibility timeouts, receive
 counts, receipt handles, long polls, per-entry batch failures, a closed task answering
@@ -18,11 +18,13 @@ For handler authors::
 
 from broker.testing._faults import client_error
 from broker.testing.broker import TestBroker
+from broker.testing.dynamodb import FakeDynamoDb
 from broker.testing.sfn import FakeSfn, TaskOutcome
 from broker.testing.sns import FakeSns, PublishedMessage
 from broker.testing.sqs import FakeSqs
 
 __all__ = [
+    "FakeDynamoDb",
     "FakeSfn",
     "FakeSns",
     "FakeSqs",

@@ -18,6 +18,7 @@ from broker.core.settings import BrokerSettings, QueueSettings
 from broker.decisions.links import new_key
 from broker.observability.tracing import Tracer
 from broker.service import Broker
+from broker.testing.dynamodb import FakeDynamoDb
 from broker.testing.sfn import FakeSfn
 from broker.testing.sns import FakeSns
 from broker.testing.sqs import FakeSqs
@@ -28,6 +29,9 @@ __all__ = ["TestBroker"]
 _TEST_BASE_URL = "http://broker.test"
 #: The decision topic (in ``sns``) when a route has ``notify=True`` and the settings name none.
 _TEST_TOPIC = "decisions"
+#: The idempotency table (in ``dynamodb``) when a route is ``idempotent=True`` and the
+#: settings name none.
+_TEST_TABLE = "broker-idempotency"
 
 
 class TestBroker:
@@ -51,7 +55,10 @@ class TestBroker:
     decision listener is opened unless the settings set ``decision_port``.  ``decide``
     answers a link as the endpoint would, without HTTP.  ``task.notify()`` publishes to
     the FakeSns ``sns`` (``tb.sns.published``), to the topic ``decisions`` unless the
-    settings name one.
+    settings name one.  ``idempotent=True`` routes keep their claims and verdicts in the
+    FakeDynamoDb ``dynamodb``, in the table ``broker-idempotency`` unless the settings
+    name one (``tb.dynamodb.items(table)``).  Two TestBrokers given the same ``sqs``,
+    ``sfn`` and ``dynamodb`` (with ``dynamodb.add_table(...)`` done) play two replicas.
     """
 
     __test__ = False  # not a pytest test class
@@ -64,6 +71,7 @@ class TestBroker:
         sqs: FakeSqs | None = None,
         sfn: FakeSfn | None = None,
         sns: FakeSns | None = None,
+        dynamodb: FakeDynamoDb | None = None,
         tracer_provider: Any = None,
     ) -> None:
         settings = settings or BrokerSettings(
@@ -95,6 +103,16 @@ class TestBroker:
             # The decision topic the settings name exists, unless the test brings its
             # own FakeSns (to start without it, say).
             self.sns.add_topic(topic)
+        if not self.settings.idempotency_table and any(
+            route.options.idempotent for route in router
+        ):
+            self.settings = self.settings.model_copy(update={"idempotency_table": _TEST_TABLE})
+        self.dynamodb = dynamodb or FakeDynamoDb()
+        table = self.settings.idempotency_table
+        if dynamodb is None and table:
+            # As with the topic: the table the settings name exists, unless the test
+            # brings its own FakeDynamoDb.
+            self.dynamodb.add_table(table)
         for queue in self.settings.queues:
             for name in (queue.name, queue.dead_letter_queue):
                 if name and self.sqs._url(name) not in self.sqs.queues:
@@ -109,7 +127,7 @@ class TestBroker:
 
     @asynccontextmanager
     async def _clients(self, _: BrokerSettings) -> AsyncIterator[AwsClients]:
-        yield AwsClients(sqs=self.sqs, sfn=self.sfn, sns=self.sns)
+        yield AwsClients(sqs=self.sqs, sfn=self.sfn, sns=self.sns, dynamodb=self.dynamodb)
 
     async def __aenter__(self) -> Self:
         self._group = anyio.create_task_group()

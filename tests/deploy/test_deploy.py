@@ -29,7 +29,7 @@ from pydantic import AliasChoices
 
 from broker import BrokerSettings, Outcome, build_router
 from broker.activities.processor import _SHUTDOWN_FAIL_TIMEOUT_S
-from broker.aws.protocols import SfnApi, SqsApi
+from broker.aws.protocols import DynamoApi, SfnApi, SqsApi
 from broker.core.settings import ENV_PREFIX
 from broker.core.settings_sources import RETIRED_VARIABLES
 from broker.observability.metrics import (
@@ -55,6 +55,7 @@ ECS_TARGET_GROUP: Final = DEPLOY / "ecs" / "decisions-target-group.json"
 ECS_LISTENER_RULE: Final = DEPLOY / "ecs" / "decisions-listener-rule.json"
 IAM_POLICY: Final = DEPLOY / "iam" / "broker-policy.json"
 DASHBOARD: Final = DEPLOY / "grafana" / "broker-dashboard.json"
+IDEMPOTENCY_TABLE: Final = DEPLOY / "idempotency" / "table.cfn.yaml"
 DEPLOY_README: Final = DEPLOY / "README.md"
 OPERATIONS: Final = ROOT / "docs" / "operations.md"
 EXAMPLES: Final = (
@@ -67,6 +68,7 @@ EXAMPLES: Final = (
     ECS_LISTENER_RULE,
     IAM_POLICY,
     DASHBOARD,
+    IDEMPOTENCY_TABLE,
 )
 
 #: The metrics of issue 6's contract, with their Prometheus types.
@@ -572,7 +574,7 @@ def iam_action(api: str, method: str) -> str:
 
 def calls_the_broker_makes() -> set[str]:
     actions: set[str] = set()
-    for api, protocol in (("sqs", SqsApi), ("states", SfnApi)):
+    for api, protocol in (("sqs", SqsApi), ("states", SfnApi), ("dynamodb", DynamoApi)):
         members = [name for name in vars(protocol) if not name.startswith("_")]
         assert members, protocol
         actions.update(iam_action(api, name) for name in members)

@@ -1,0 +1,37 @@
+"""An ``idempotent=True`` handler whose side effect the test can count across processes:
+each run appends a ``start`` line when it begins and an ``effect`` line (the side
+effect) just before it returns, to the file named by ``IDEM_TEST_EFFECTS`` (``O_APPEND``:
+one ``write`` per line, so lines of two processes never interleave).  A line holds the
+token's hash (never the token), the execution's case and the process id."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from typing import Any
+
+import anyio
+
+from broker import Router, Task
+
+router = Router()
+
+
+def _append(kind: str, task: Task[dict[str, Any]]) -> None:
+    key = hashlib.sha256(task.token.encode()).hexdigest()
+    line = f"{kind} {key} {task.payload.get('case')} {os.getpid()}\n".encode()
+    fd = os.open(os.environ["IDEM_TEST_EFFECTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+@router.handler("charge", idempotent=True, timeout_s=10)
+async def charge(task: Task[dict[str, Any]]) -> dict[str, Any]:
+    _append("start", task)
+    # Long enough that copies on two replicas overlap.
+    await anyio.sleep(random.uniform(0.05, 0.3))
+    _append("effect", task)
+    return {"charged": task.payload.get("case")}
