@@ -65,6 +65,7 @@ class FleetReport:
     used_in_backlog: int
     offered_in_backlog: int
     per_second: list[int]
+    throttled_per_second: list[int]
     duplicates: int
     redeliveries: int
     unknown_tokens: int
@@ -247,6 +248,9 @@ def run(
         sum(row["calls"].get(api, 0) - row["throttled"].get(api, 0) for api in SEND_TASK)
         for row in timeline
     ]
+    throttled_per_second = [
+        sum(row["throttled"].get(api, 0) for api in SEND_TASK) for row in timeline
+    ]
     return FleetReport(
         tasks=tasks,
         rejects=sum(1 for kind, _ in expected.values() if kind == "reject"),
@@ -258,6 +262,7 @@ def run(
         used_in_backlog=sum(per_second[:backlog_s]),
         offered_in_backlog=BURST + RATE_PER_S * backlog_s,
         per_second=per_second,
+        throttled_per_second=throttled_per_second,
         duplicates=int(stats["tasks"]["duplicates"]),
         redeliveries=int(stats["queues"][QUEUE]["redelivered"]),
         unknown_tokens=int(stats["tasks"]["unknown_tokens"]),
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="BROKER_COMPLETION_RATE_ADAPTIVE=false: the fleet as it was before issue 14",
     )
+    parser.add_argument("--timeline", action="store_true", help="print the per-second counts")
     args = parser.parse_args(argv)
     args.logs.mkdir(parents=True, exist_ok=True)
     for old_log in args.logs.glob("broker-*.log"):
@@ -288,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"BROKER_COMPLETION_RATE_ADAPTIVE": "false"} if args.no_adaptive else None
     report = run(tasks=args.tasks, seed=args.seed, log_dir=args.logs, extra_env=extra)
     print(report.table())
+    if args.timeline:
+        print("second  let through  throttled")
+        for n, (through, throttled) in enumerate(
+            zip(report.per_second, report.throttled_per_second, strict=True)
+        ):
+            print(f"{n:>6}  {through:>11}  {throttled:>9}")
     for problem in report.wrong:
         print("PROBLEM:", problem)
     ok = not (report.wrong or report.lost or report.stuck or report.left_in_queue)
