@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo run check test unit integration faults localstack localstack-stop lint format clean bench bench-stub bench-deps
+.PHONY: install browser demo run check test unit integration faults fleet localstack localstack-stop lint format clean bench bench-stub bench-deps
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ integration: install
 ## faults: the fault-injection suite alone, figure table printed (FAULT_TASKS=N to change its size)
 faults: install
 	$(BIN)/pytest -q -s -m faults tests/faults
+
+## fleet: three brokers on one queue and one Step Functions quota (the stub enforces it),
+## one SIGKILLed and one added; the figure table printed (part of `make faults` and `make test`)
+fleet: install
+	$(BIN)/pytest -q -s -m faults tests/faults/test_fleet.py
 
 ## bench: the broker side by side with the seed loop, a thread pool and bbc/sqs-consumer on the
 ## loopback stub; table, JSON and chart in bench/results/ (FULL=1: 3 rounds, longer, 100k growth)

@@ -81,6 +81,11 @@ class StubControl:
     def set_faults(self, **faults: Any) -> None:
         self._call("POST", "faults", faults)
 
+    def set_quotas(self, buckets: list[dict[str, Any]]) -> None:
+        """Step Functions token buckets: ``[{"apis": [op, ...], "burst", "rate_per_s"}]``
+        (an empty list: none).  ``stats()["quotas"]`` has their counts and timeline."""
+        self._call("POST", "quotas", {"buckets": buckets})
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "stats")
         return result
@@ -112,9 +117,12 @@ class StubProcess:
         uvloop: bool = True,
         start_timeout_s: float = 15.0,
         stop_timeout_s: float = 5.0,
+        quotas: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.port = port
+        #: ``--quota`` flags (``APIS=BURST/RATE``).
+        self.quotas = quotas
         self.uvloop = uvloop
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -132,6 +140,8 @@ class StubProcess:
         command += ["--port", str(self.port)]
         if not self.uvloop:
             command.append("--no-uvloop")
+        for quota in self.quotas:
+            command += ["--quota", quota]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import orjson
 
+from ._quota import Quotas
 from ._state import (
     MAX_TOKEN_CHARS,
     Faults,
@@ -308,6 +309,9 @@ class _Control:
             if route == ("POST", "faults"):
                 state.set_faults(Faults.from_json(data))
                 return _ok({})
+            if route == ("POST", "quotas"):
+                state.quotas = Quotas.from_json(data)
+                return _ok({})
             if route == ("GET", "stats"):
                 return _ok(state.stats())
             if route == ("GET", "tasks"):
@@ -478,9 +482,12 @@ class _Connection(asyncio.Protocol):
 class StubServer:
     """The stub, in this process: ``async with StubServer() as stub: stub.endpoint_url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, quotas: Quotas | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        self._quotas = quotas
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._state: StubState | None = None
@@ -504,6 +511,8 @@ class StubServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._state = StubState(loop, self.endpoint_url)
+        if self._quotas is not None:
+            self._state.quotas = self._quotas
         self._aws = _Aws(self._state)
         self._control = _Control(self._state)
 
@@ -545,6 +554,8 @@ class StubServer:
         op = target.partition(".")[2]
         state = self.state
         state.count_call(op)
+        if state.quotas.active and not state.within_quota(op):
+            return _error(throttling_error(service))
         try:
             params = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from ._quota import Quotas
+
 __all__ = ["Faults", "StubError", "StubState"]
 
 ACCOUNT = "000000000000"
@@ -545,6 +547,7 @@ class StubState:
         self.rng = random.Random()
         self.calls: dict[str, int] = {}
         self.fault_counts: dict[str, dict[str, int]] = {kind: {} for kind in FAULT_KINDS}
+        self.quotas = Quotas()
 
     def reset(self) -> None:
         for queue in self.queues.values():
@@ -558,6 +561,7 @@ class StubState:
         self.calls = {}
         self.fault_counts = {kind: {} for kind in FAULT_KINDS}
         self.tokens.reset_counts()
+        self.quotas.reset_counts()
         for queue in self.queues.values():
             queue.received = queue.redelivered = queue.deleted = queue.sent = 0
 
@@ -624,6 +628,11 @@ class StubState:
     def count_call(self, op: str) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
 
+    def within_quota(self, op: str) -> bool:
+        """False when ``op``'s Step Functions bucket is empty (``Quotas``; call when active)."""
+        visible = sum(queue.counts[VISIBLE] for queue in self.queues.values())
+        return self.quotas.admit(op, self.loop.time(), visible)
+
     def draw_fault(self, op: str) -> str | None:
         faults = self.faults
         roll = self.rng.random()
@@ -655,6 +664,7 @@ class StubState:
             "tasks": self.tokens.stats(),
             "queues": {name: queue.stats() for name, queue in self.queues.items()},
             "latency_ms": self.tokens.latency(),
+            "quotas": self.quotas.stats(),
         }
 
 

@@ -29,9 +29,10 @@ from broker.aws.instrument import instrument
 from broker.aws.protocols import AwsClients, SqsApi
 from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry
-from broker.core.completer import Completer
+from broker.core.completer import COMPLETION_APIS, Completer
 from broker.core.errors import ConfigError
 from broker.core.once import Once, idempotency_problems
+from broker.core.ratelimit import AdaptiveParams, AdaptiveRates
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from broker.core.step import Step
@@ -97,6 +98,16 @@ class Broker:
         #: where the decision endpoint listens (None: not listening).
         self.decisions: Decisions | None = None
         self.decision_port: int | None = None
+        #: Each SendTask* API's allowed rate, adapted to throttling (a metric).
+        self.completion_rates = AdaptiveRates(
+            AdaptiveParams(
+                decrease=settings.completion_rate_decrease,
+                increase_per_s=settings.completion_rate_increase_per_s,
+                ceiling_per_s=settings.completion_rate_per_s,
+            ),
+            COMPLETION_APIS,
+            enabled=settings.completion_rate_adaptive,
+        )
 
     def request_stop(self) -> None:
         """Begin the drain.  Safe to call before ``run`` started and more than once."""
@@ -162,6 +173,7 @@ class Broker:
                 rate_per_s=settings.completion_rate_per_s,
                 burst=settings.completion_burst,
                 max_attempts=settings.completion_max_attempts,
+                rates=self.completion_rates,
             )
             links = (
                 LinkMaker(self.codec, settings.decision_ttl_s)

@@ -3,8 +3,10 @@
 Step Functions has no batch API.  "Batching" completions means keeping many
 SendTaskSuccess / SendTaskFailure calls in flight under one concurrency cap and one
 client-side rate limit, retrying throttling, 5xx and network errors with jittered
-backoff.  The caller learns exactly one of four answers and decides what to do with
-the SQS message; nothing here touches SQS.
+backoff.  Each API's rate adapts to throttling (``broker.core.ratelimit.AdaptiveRate``),
+so the replicas of a fleet share Step Functions' quota without a storm of retries.  The
+caller learns exactly one of four answers and decides what to do with the SQS message;
+nothing here touches SQS.
 """
 
 from __future__ import annotations
@@ -18,19 +20,35 @@ from typing import Any, Final
 
 import anyio
 
-from broker.aws.errors import HEARTBEAT_CLOSED_CODES, ErrorKind, classify, error_code
+from broker.aws.errors import (
+    HEARTBEAT_CLOSED_CODES,
+    ErrorKind,
+    classify,
+    error_code,
+    error_name,
+    is_throttle,
+)
 from broker.aws.protocols import SfnApi
-from broker.core.ratelimit import TokenBucket
+from broker.core.ratelimit import AdaptiveRate, AdaptiveRates, TokenBucket
 from broker.observability.events import note_error
 from broker.observability.redact import redact_token, token_ref
 from broker.sqs.message import without_surrogates
 
-__all__ = ["MAX_CAUSE_CHARS", "MAX_ERROR_CHARS", "Completer", "Confirmation", "truncate"]
+__all__ = [
+    "COMPLETION_APIS",
+    "MAX_CAUSE_CHARS",
+    "MAX_ERROR_CHARS",
+    "Completer",
+    "Confirmation",
+    "truncate",
+]
 
 log = logging.getLogger("broker.completer")
 
 MAX_ERROR_CHARS: Final = 256
 MAX_CAUSE_CHARS: Final = 32_768
+#: The calls this module makes, each its own token bucket in Step Functions.
+COMPLETION_APIS: Final = ("SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat")
 
 
 class Confirmation(Enum):
@@ -83,10 +101,15 @@ class Completer:
         burst: int | None = None,
         max_attempts: int = 6,
         backoff: _Backoff | None = None,
+        rates: AdaptiveRates | None = None,
     ) -> None:
         self._sfn = sfn
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._bucket = TokenBucket(rate_per_s, burst) if rate_per_s else None
+        #: Per API; None for an API that does not adapt (``rates`` off or absent).
+        self._rates: dict[str, AdaptiveRate | None] = {
+            api: None if rates is None else rates.get(api) for api in COMPLETION_APIS
+        }
         self._max_attempts = max_attempts
         self._backoff = backoff or _Backoff()
 
@@ -140,6 +163,8 @@ class Completer:
     ) -> Confirmation:
         failure: Exception | None = None
         limiter = self._limiter
+        rate = self._rates[api]
+        epoch = 0
         for attempt in range(self._max_attempts):
             try:
                 # A free slot is taken without a checkpoint (the call awaits anyway).
@@ -149,6 +174,10 @@ class Completer:
             try:
                 if self._bucket is not None:
                     await self._bucket.acquire()
+                if rate is not None:
+                    # The common case, never throttled: a counter, no await.
+                    sent_in = rate.try_acquire()
+                    epoch = await rate.acquire() if sent_in is None else sent_in
                 await method(**params)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 failure = exc
@@ -156,6 +185,8 @@ class Completer:
                 return Confirmation.CONFIRMED
             finally:
                 limiter.release()
+            if rate is not None and is_throttle(error_name(failure)):
+                rate.throttled(epoch)
             kind = classify(failure)
             if (
                 kind is ErrorKind.TASK_CLOSED

@@ -109,6 +109,23 @@ class BrokerSettings(BaseSettings):
     completion_burst: int | None = Field(
         default=None, ge=1, description="Token-bucket burst for the cap (default: one second)."
     )
+    completion_rate_adaptive: bool = Field(
+        default=True,
+        description="Adapt each SendTask* API's rate to throttling, so that replicas share "
+        "the account's quota: cut on ThrottlingException, probe upward slowly "
+        "(docs/fleet.md). The cap above stays the ceiling.",
+    )
+    completion_rate_decrease: float = Field(
+        default=0.7,
+        gt=0,
+        lt=1,
+        description="Adaptive rate: the factor it is multiplied by on a throttle.",
+    )
+    completion_rate_increase_per_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Adaptive rate: calls/s it gains per second while it holds calls back.",
+    )
     aws_client: Literal["lean", "botocore"] = Field(
         default="lean",
         description="lean: the hot calls (receive, delete, visibility, SendTask*) signed and "

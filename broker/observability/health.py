@@ -103,6 +103,7 @@ class BrokerHealth:
                 free_slots=lambda: {c.queue.name: c.free_slots for c in broker.consumers},
                 ready=lambda: broker.ready,
                 draining=lambda: broker.draining,
+                completion_rates=broker.completion_rates.allowed,
             ),
         )
 

@@ -37,6 +37,7 @@ METRIC_NAMES = (
     "broker_heartbeats_total",
     "broker_decisions_total",
     "broker_event_loop_lag_seconds",
+    "broker_completion_rate_allowed",
     "broker_ready",
     "broker_draining",
 )
@@ -50,6 +51,8 @@ class BrokerGauges:
     free_slots: Callable[[], Mapping[str, int]]
     ready: Callable[[], bool]
     draining: Callable[[], bool]
+    #: Calls/s each SendTask* API may send now (inf: no limit).
+    completion_rates: Callable[[], Mapping[str, float]] = dict
 
 
 def _histogram(
@@ -153,6 +156,15 @@ class MetricsCollector(Collector):
             "How late the event loop woke a 0.5 s timer, the worst of the last 60 s.",
             value=self._stats.event_loop_lag_s,
         )
+        allowed = GaugeMetricFamily(
+            "broker_completion_rate_allowed",
+            "Calls/s the adaptive rate allows each SendTask* API now (+Inf: never throttled, "
+            "no ceiling).",
+            labels=["api"],
+        )
+        for api, rate in sorted(gauges.completion_rates().items()):
+            allowed.add_metric([api], rate)
+        yield allowed
         yield GaugeMetricFamily("broker_ready", "1 when ready for work.", value=gauges.ready())
         yield GaugeMetricFamily("broker_draining", "1 during a drain.", value=gauges.draining())
 

@@ -85,6 +85,7 @@ CONTRACT_METRICS: Final = {
     "broker_heartbeats_total": "counter",
     "broker_decisions_total": "counter",
     "broker_event_loop_lag_seconds": "gauge",
+    "broker_completion_rate_allowed": "gauge",
     "broker_ready": "gauge",
     "broker_draining": "gauge",
 }
