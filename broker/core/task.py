@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from broker.core.errors import DecisionsNotConfigured
 from broker.observability.redact import token_ref
@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from broker.decisions.links import DecisionLinks
 
 __all__ = ["Task"]
+
+#: What a reject link fails the task with unless the handler says otherwise.
+DEFAULT_REJECT: Final = ("Approval.Rejected", "Rejected by the reviewer")
 
 PayloadT = TypeVar("PayloadT")
 
@@ -85,7 +88,7 @@ class Task(Generic[PayloadT]):
         subject: str = "",
         details: str = "",
         approve: Mapping[str, Any] | None = None,
-        reject: tuple[str, str] = ("Approval.Rejected", "Rejected by the reviewer"),
+        reject: tuple[str, str] = DEFAULT_REJECT,
         ttl_s: float | None = None,
     ) -> DecisionLinks:
         """An approve and a reject link for this task (docs/decisions.md).

@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.core.errors import ConfigError
+from broker.core.task import DEFAULT_REJECT
 
 __all__ = [
     "KEYS_VARIABLE",
@@ -282,7 +283,7 @@ class LinkMaker:
         subject: str = "",
         details: str = "",
         approve: Mapping[str, Any] | None = None,
-        reject: tuple[str, str] = ("Approval.Rejected", "Rejected by the reviewer"),
+        reject: tuple[str, str] = DEFAULT_REJECT,
         ttl_s: float | None = None,
     ) -> DecisionLinks:
         ttl_s = self._default_ttl_s if ttl_s is None else ttl_s
