@@ -10,7 +10,6 @@ Docker reserves 2 in ``HEALTHCHECK``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -29,6 +28,7 @@ from broker.aws.clients import open_clients
 from broker.aws.dynamo import create_table, table_problems
 from broker.aws.sns import open_topic
 from broker.aws.startup import StartupRetry, describe_aws_error
+from broker.cli_parser import build_parser
 from broker.core.errors import BrokerError, ConfigError, RegistrationError
 from broker.core.loop import event_loop_options, freeze_startup_heap
 from broker.core.plugins import ENTRY_POINT_GROUP, build_router
@@ -48,7 +48,7 @@ _HEALTHCHECK_TIMEOUT_S: Final = 3.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(arguments)
@@ -89,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_check, settings, router)
         return _run_async(run_broker, settings, router)
     except BrokerError as exc:
-        return _report(exc)
+        code = _report(exc)
+        if args.command == "check":
+            # check ends with its summary line even when it could not begin its checks.
+            print("check: the settings or the handlers did not load; 1 problem")
+        return code
     except (BotoCoreError, ClientError) as exc:
         # An AWS error no lookup translated (a later call of redrive): one line, not a
         # traceback.
@@ -113,49 +117,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return leaves
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="broker",
-        description="Complete AWS Step Functions callback tasks from SQS queues.",
-    )
-    parser.add_argument(
-        "-c", "--config", type=Path, help="config file (TOML or JSON) with the settings"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("run", help="consume the queues until SIGINT/SIGTERM")
-    commands.add_parser("check", help="validate settings, reach the queues, list the routes")
-    commands.add_parser("handlers", help="list registered message types and their origin")
-    healthcheck = commands.add_parser(
-        "healthcheck", help="exit 0 if the running broker is live (--ready: ready), else 1"
-    )
-    healthcheck.add_argument("--ready", action="store_true", help="check /readyz, not /livez")
-    redrive = commands.add_parser(
-        "redrive", help="move dead-lettered messages back to the queue they came from"
-    )
-    redrive.add_argument("dead_letter_queue", help="the DLQ, by name or URL")
-    redrive.add_argument("--to", help="send everything here instead of each message's source")
-    redrive.add_argument("--max", type=int, default=None, help="move at most this many")
-    decisions = commands.add_parser("decisions", help="decision links (docs/decisions.md)")
-    decisions_commands = decisions.add_subparsers(dest="decisions_command", required=True)
-    decisions_commands.add_parser(
-        "keygen", help="print a new key for BROKER_DECISION_KEYS (put it first to rotate)"
-    )
-    idempotency = commands.add_parser(
-        "idempotency", help="the idempotency table of idempotent=True handlers (docs/fleet.md)"
-    )
-    idempotency_commands = idempotency.add_subparsers(dest="idempotency_command", required=True)
-    create = idempotency_commands.add_parser(
-        "create-table", help="create the table (on-demand, TTL on expires_at) unless it exists"
-    )
-    create.add_argument("table", help="the table's name (then set BROKER_IDEMPOTENCY_TABLE)")
-    demo = commands.add_parser(
-        "demo", help="run the seed workflows end to end on an embedded emulator (no AWS)"
-    )
-    demo.add_argument("--executions", type=int, default=300, help="executions to start")
-    demo.add_argument("--timeout", type=float, default=180.0, help="seconds before giving up")
-    return parser
 
 
 def _healthcheck(config: Path | None, *, ready: bool) -> int:

@@ -14,6 +14,9 @@ For handler authors::
             token = await broker.start_task({"TransactionType": "PURCHASE"}, message_type="buy")
             await broker.wait_idle()
         assert broker.sfn.outcomes[token].status == "success"
+
+The whole kit, with the pytest configuration it needs and examples that run as tests:
+docs/testing.md.
 """
 
 from broker.testing._faults import client_error

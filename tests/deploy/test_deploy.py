@@ -724,6 +724,12 @@ def test_the_dockerfile_steps_install_a_working_broker(tmp_path: Path) -> None:
         check=False,
     )
     assert built.returncode == 0, f"{command}\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}"
+    # `pip install .` into a fresh venv warns of nothing deprecated (setuptools did, twice,
+    # of `project.license` as a table).
+    said = [
+        line for line in (built.stdout + built.stderr).splitlines() if "deprecat" in line.lower()
+    ]
+    assert not said, "\n".join(said)
 
     # ENV PATH=/opt/broker/bin:$PATH, ENTRYPOINT ["broker"]: the command the image runs.
     environ["PATH"] = f"{venv / 'bin'}{os.pathsep}{environ.get('PATH', '')}"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import email.parser
 import importlib.metadata
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,3 +36,36 @@ def test_only_the_runtime_packages_are_shipped() -> None:
 
 def test_the_installed_version_is_the_package_version() -> None:
     assert importlib.metadata.version("sfn-callback-broker") == broker.__version__
+
+
+def test_the_wheel_builds_without_deprecation_warnings_and_carries_its_metadata(
+    tmp_path: Path,
+) -> None:
+    # What `pip install .` does first, in pip's isolated build environment (the setuptools
+    # that build-system names, from the registry); -v shows the build backend's own output,
+    # where setuptools prints its deprecation warnings.
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = built.stdout + built.stderr
+    assert built.returncode == 0, output[-3000:]
+    deprecated = [line for line in output.splitlines() if "deprecat" in line.lower()]
+    assert not deprecated, "\n".join(deprecated)
+    [wheel] = tmp_path.glob("sfn_callback_broker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        info = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+        metadata = email.parser.Parser().parsestr(archive.read(info).decode())
+        entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+        tops = {name.split("/", 1)[0] for name in archive.namelist()}
+    assert metadata["Name"] == "sfn-callback-broker"
+    assert metadata["Version"] == broker.__version__
+    assert metadata["License-Expression"] == "Apache-2.0"
+    assert metadata["License"] is None  # the deprecated field is gone
+    assert set(metadata.get_all("Provides-Extra") or ()) >= {"local", "fast", "otel"}
+    assert "[console_scripts]\nbroker = broker.cli:main" in entry_points
+    assert {"broker", "handlers"} <= tops
