@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from broker.local.demo import run_demo  # moto is an optional extra: import only when asked
 
         return run_demo(args)
+    if args.command == "local":
+        from broker.local.commands import run_local  # the emulator tooling: only when asked
+
+        return run_local(args)
     if args.command == "healthcheck":
         return _healthcheck(args.config, ready=args.ready)
     if args.command == "decisions":
@@ -155,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--executions", type=int, default=300, help="executions to start")
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds before giving up")
+    from broker.local.commands import add_local_commands  # a parser only: no boto, no moto
+
+    add_local_commands(commands)
     return parser
 
 

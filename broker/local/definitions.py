@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["activity_definition", "callback_definitions"]
+__all__ = ["activity_definition", "callback_definitions", "callback_flow_definition"]
 
 _CALLBACK_RESOURCE: Final = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
 #: The approval state's timeout: the links' default lifetime (86,400 s) and an hour more.
@@ -92,6 +92,23 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
                 "ProcessPurchase": transaction("purchase"),
                 "ProcessRefund": transaction("refund"),
             },
+        },
+    }
+
+
+def callback_flow_definition(
+    queue_url: str, message_body: Mapping[str, str], *, message_type: str | None
+) -> dict[str, Any]:
+    """One callback task on one queue (``broker local deploy --queue``); its result is the
+    execution's output."""
+    return {
+        "Comment": "broker local deploy: one callback task, completed by the broker.",
+        "StartAt": "Handle",
+        "States": {
+            "Handle": {
+                **_callback_task(queue_url, message_body, message_type=message_type),
+                "End": True,
+            }
         },
     }
 
