@@ -114,6 +114,8 @@ def add_local_commands(subparsers: Any) -> argparse.ArgumentParser:
         )
         target.add_argument("--endpoint", help="an emulator's URL on loopback")
     deploy = parsers["deploy"]
+    shapes = "\n".join(f"  {shape.name:<9} {shape.summary}" for shape in SHAPES.values())
+    deploy.epilog = f"shapes (--shape):\n{shapes}\n\n{deploy.epilog}"
     what = deploy.add_mutually_exclusive_group(required=True)
     what.add_argument("--queue", help="the queue (and flow) to create")
     what.add_argument("--activity", help="the activity (and flow) to create")

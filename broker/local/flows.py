@@ -1,5 +1,5 @@
 """The seed flows, defined once: deployed to moto (the demo, tests/integration) and to
-LocalStack (``python -m broker.local.localstack deploy``, tests/localstack).
+LocalStack (``broker local deploy --preset seeds``, tests/localstack).
 
 Three callback flows, each one SQS queue and one ``sqs:sendMessage.waitForTaskToken``
 state machine (seeds 000, 004 and 001), optionally a dead-letter queue per queue, and the

@@ -117,13 +117,30 @@ def test_the_readme_loop_runs_your_plugin_on_broker_local_up(up: Up, tmp_path: P
     assert '"broker stopped: succeeded=1, failed=1"' in ran.stderr
 
 
-def test_up_prints_what_env_prints_and_stops_cleanly_on_sigterm(up: Up, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_up_prints_what_env_prints_and_stops_cleanly(
+    stop: signal.Signals, up: Up, tmp_path: Path
+) -> None:
     env = _run("local", "env", "--port", str(up.port), env=author_env(), cwd=tmp_path)
     assert env.returncode == 0, env.stderr
     assert up.lines == env.stdout.splitlines()
     assert f"export AWS_ENDPOINT_URL={up.endpoint}" in up.lines
-    up.process.send_signal(signal.SIGTERM)
+    up.process.send_signal(stop)
     assert up.process.wait(timeout=20) == 0
+    assert up.process.stderr is not None
+    assert up.process.stderr.read() == f"broker local up: {stop.name}: stopped\n"
+
+
+def test_start_wait_says_running_and_exits_1_at_its_timeout(up: Up, tmp_path: Path) -> None:
+    env = author_env(AWS_ENDPOINT_URL=up.endpoint)
+    assert _run("local", "deploy", "--queue", "idle", env=env, cwd=tmp_path).returncode == 0
+    # No broker: nothing completes the task.
+    done = _run("local", "start", "idle", "{}", "--wait", "--timeout", "1", env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout) == {"status": "RUNNING", "output": None}
+    started = _run("local", "start", "idle", '"x"', env=env, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert re.fullmatch(r"arn:aws:states:[^:]+:\d+:execution:idle:idle-\S+\n", started.stdout)
 
 
 def test_deploy_twice_is_the_same_deploy(up: Up, tmp_path: Path) -> None:
