@@ -60,13 +60,18 @@ def _run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
     )
 
 
-def _exported(stdout: str) -> dict[str, Any]:
-    """The ``export NAME=VALUE`` lines as the shell reads them, each value JSON."""
+def _exported(stdout: str) -> dict[str, str]:
+    """The ``export NAME=VALUE`` lines as the shell reads them."""
     exports = {}
     for line in stdout.splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
         (exports[name],) = shlex.split(value)
-    return {name: json.loads(value) for name, value in exports.items()}
+    return exports
+
+
+def _rows(stdout: str, variable: str = "BROKER_QUEUES") -> list[Any]:
+    rows: list[Any] = json.loads(_exported(stdout)[variable])
+    return rows
 
 
 @pytest.fixture
@@ -151,7 +156,7 @@ def test_deploy_twice_is_the_same_deploy(up: Up, tmp_path: Path) -> None:
     assert first.stdout == second.stdout
     (line,) = first.stdout.splitlines()
     assert line.startswith("export BROKER_QUEUES=")
-    (row,) = _exported(first.stdout)["BROKER_QUEUES"]
+    (row,) = _rows(first.stdout)
     assert row == {
         "name": "refunds",
         "token_fields": ["TaskToken"],
@@ -164,7 +169,7 @@ def test_deploy_twice_is_the_same_deploy(up: Up, tmp_path: Path) -> None:
     # A second queue keeps the first one's row in BROKER_QUEUES.
     env["BROKER_QUEUES"] = json.dumps([row])
     other = _run("local", "deploy", "--queue", "orders", env=env, cwd=tmp_path)
-    names = [r["name"] for r in _exported(other.stdout)["BROKER_QUEUES"]]
+    names = [r["name"] for r in _rows(other.stdout)]
     assert names == ["refunds", "orders"], other.stderr
 
 
@@ -259,3 +264,41 @@ def test_every_command_has_a_description_and_an_example(command: str, tmp_path: 
     assert usage.startswith(f"usage: broker local {command}")
     assert description.strip()
     assert re.search(rf"\nexample:\n  .*broker local {command}\b", done.stdout), done.stdout
+
+
+def test_the_seed_preset_on_moto_serves_the_seed_flows(up: Up, tmp_path: Path) -> None:
+    env = author_env(AWS_ENDPOINT_URL=up.endpoint)
+    deployed = _run("local", "deploy", "--preset", "seeds", "--prefix", "p", env=env, cwd=tmp_path)
+    assert deployed.returncode == 0, deployed.stderr
+    exported = _exported(deployed.stdout)
+    handlers = json.loads(exported["BROKER_HANDLERS"])
+    assert handlers == ["handlers.seeds:router", "handlers.approval:router"]
+    queues = _rows(deployed.stdout)
+    assert [q["name"] for q in queues] == [
+        "p-callback",
+        "p-verification",
+        "p-transactions",
+    ]
+    assert all(q["dead_letter_queue"] == q["name"] + "-dlq" for q in queues)
+    # moto cannot serve an activity: none is deployed, none is configured.
+    assert "BROKER_ACTIVITIES" not in exported
+    assert "moto has no GetActivityTask" in deployed.stderr
+    refused = _run("local", "deploy", "--activity", "review", env=env, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith("deploy activities on LocalStack")
+    # The preset's flows run with the seed handlers, as the demo's do.
+    decision_port = str(_free_port())
+    serve = exported | {
+        "BROKER_DECISION_PORT": decision_port,
+        "BROKER_DECISION_BASE_URL": f"http://127.0.0.1:{decision_port}",
+    }
+    script = (
+        f'eval "$(broker local env --port {up.port})"\n'
+        "broker run &\n"
+        'broker local start p-transactions \'{"TransactionType": "PURCHASE"}\' --wait\n'
+        "kill %1; wait\n"
+    )
+    ran = run_script(script, env={**env, **serve}, cwd=tmp_path, timeout_s=120)
+    assert ran.returncode == 0, ran.stderr
+    (ended,) = ran.endings()
+    assert ended["status"] == "SUCCEEDED", ended
