@@ -74,28 +74,40 @@ def _rows(stdout: str, variable: str = "BROKER_QUEUES") -> list[Any]:
     return rows
 
 
+def _start_up(command: str, cwd: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """The README's ``broker local up`` on a free port; again on another if that port was
+    taken between the probe and the bind (tests run side by side)."""
+    for _ in range(3):
+        port = _free_port()
+        process = subprocess.Popen(
+            ["bash", "-c", "exec " + command.replace("broker local up", f"{UP} --port {port}")],
+            env=author_env(),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        lines: list[str] = []
+        for line in process.stdout:
+            if line.startswith("# ready"):
+                return process, port, lines
+            lines.append(line.rstrip("\n"))
+        _, err = process.communicate(timeout=10)
+        assert "is not available" in err, err
+    raise AssertionError("no free port for broker local up in 3 tries")
+
+
+UP = "broker local up"
+
+
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     """The README's first-terminal command, on a free port (the README's --port)."""
     (command,) = (line for line in blocks(readme_section(), "sh")[0].splitlines() if line)
-    port = _free_port()
-    command = command.replace("broker local up", f"broker local up --port {port}", 1)
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {command}"],
-        env=author_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines = []
+    assert command.startswith(UP + " "), command
+    process, port, lines = _start_up(command, tmp_path)
     try:
-        for line in process.stdout:
-            if line.startswith("# ready"):
-                break
-            lines.append(line.rstrip("\n"))
-        assert process.poll() is None, process.communicate(timeout=10)
         yield Up(process, port, lines)
     finally:
         if process.poll() is None:
