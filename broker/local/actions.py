@@ -39,6 +39,7 @@ from broker.local.target import (
     localstack_endpoint,
     localstack_health,
     loopback_endpoint,
+    not_listening,
     shell_lines,
 )
 
@@ -100,17 +101,22 @@ def _region(args: argparse.Namespace) -> str:
 def _aws(args: argparse.Namespace) -> LoopbackAws:
     """The endpoint to talk to: --endpoint, --localstack (checked up), AWS_ENDPOINT_URL."""
     if args.endpoint:
-        return LoopbackAws(args.endpoint, region=_region(args))
-    if args.localstack:
+        aws = LoopbackAws(args.endpoint, region=_region(args))
+    elif args.localstack:
         url = loopback_endpoint(localstack_endpoint())
         problem = localstack_health(url)
         if problem is not None:
             raise _Unusable(f"{problem}; start it with `make localstack`")
-        return LoopbackAws(url, region=_region(args))
-    from_env = os.environ.get("AWS_ENDPOINT_URL")
-    if not from_env:
-        raise LocalEndpointError(_NO_ENDPOINT)
-    return LoopbackAws(from_env, region=_region(args))
+        aws = LoopbackAws(url, region=_region(args))
+    else:
+        from_env = os.environ.get("AWS_ENDPOINT_URL")
+        if not from_env:
+            raise LocalEndpointError(_NO_ENDPOINT)
+        aws = LoopbackAws(from_env, region=_region(args))
+    problem = not_listening(aws.endpoint_url)
+    if problem is not None:
+        raise _Unusable(f"{problem}; start one: broker local up, or make localstack")
+    return aws
 
 
 def _exports(values: dict[str, str]) -> None:

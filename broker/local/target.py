@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import shlex
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +32,7 @@ __all__ = [
     "localstack_endpoint",
     "localstack_health",
     "loopback_endpoint",
+    "not_listening",
     "shell_lines",
 ]
 
@@ -87,6 +89,18 @@ def loopback_endpoint(url: str) -> str:
             "(127.0.0.1, ::1 or localhost)"
         )
     return url.rstrip("/")
+
+
+def not_listening(endpoint: str, *, timeout_s: float = 2.0) -> str | None:
+    """Why nothing can answer at ``endpoint`` (a loopback URL), or ``None``: one connect,
+    so that a stopped emulator is said at once, not after botocore's retries."""
+    parsed = urllib.parse.urlsplit(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"no emulator answers at {endpoint} ({exc.strerror or exc})"
 
 
 def emulator_kind(endpoint: str) -> Kind:

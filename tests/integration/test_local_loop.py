@@ -255,6 +255,17 @@ def test_start_refuses_input_that_is_not_json(tmp_path: Path) -> None:
     assert "INPUT is not JSON" in alias.stderr, alias.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [["deploy", "--queue", "orders"], ["start", "o", "{}"], ["inbox"]]
+)
+def test_no_emulator_is_said_at_once(command: list[str], tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = _run("local", *command, env=author_env(AWS_ENDPOINT_URL=_CLOSED), cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"broker local {command[0]}: no emulator answers at {_CLOSED}")
+    assert time.monotonic() - started < 5  # not after botocore's retries
+
+
 def test_up_without_moto_says_how_to_install_it(tmp_path: Path) -> None:
     # A `moto` that cannot be imported stands for the `local` extra not installed.
     (tmp_path / "moto").mkdir()
