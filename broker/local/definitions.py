@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from broker.local.shapes import SHAPES
+
 __all__ = ["activity_definition", "callback_definitions", "callback_flow_definition"]
 
 _CALLBACK_RESOURCE: Final = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
@@ -34,7 +36,7 @@ def _callback_task(
 
 def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The three callback flows, each sending to its queue in ``queues`` (by flow)."""
-    transaction_body = {"input.$": "$", "TaskToken.$": "$$.Task.Token"}
+    transaction_body = SHAPES["seed-001"].body
 
     def transaction(message_type: str) -> dict[str, Any]:
         task = _callback_task(queues["transactions"], transaction_body, message_type=message_type)
@@ -50,9 +52,7 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
             "StartAt": "WaitForCallback",
             "States": {
                 "WaitForCallback": {
-                    **_callback_task(
-                        queues["callback"], {"input.$": "$", "MyTaskToken.$": "$$.Task.Token"}
-                    ),
+                    **_callback_task(queues["callback"], SHAPES["seed-000"].body),
                     "Next": "Done",
                 },
                 "Done": {"Type": "Pass", "End": True},
@@ -67,9 +67,7 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
             "StartAt": "Verify",
             "States": {
                 "Verify": {
-                    **_callback_task(
-                        queues["verification"], {"Payload.$": "$", "TaskToken.$": "$$.Task.Token"}
-                    ),
+                    **_callback_task(queues["verification"], SHAPES["seed-004"].body),
                     "TimeoutSeconds": _DECISION_TIMEOUT_S,
                     "End": True,
                 },

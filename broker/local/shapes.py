@@ -4,7 +4,8 @@ A shape is the ``MessageBody`` a ``.waitForTaskToken`` task sends and the ``BROK
 options that read it. ``broker`` (the default) is the broker's own contract with its
 default settings: ``{"input": …, "TaskToken": …}``, the type as the SQS message attribute
 ``type`` when ``--type`` names one, else the ``type`` field of the input. The others are the
-seed documents' bodies as ``local.definitions`` writes them (seeds 000, 001 and 004).
+seed documents' bodies (seeds 000, 001 and 004), defined here once: ``local.definitions``
+and ``local.flows`` build the seed flows from them.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class Shape:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     def queue_row(
-        self, name: str, dead_letter_queue: str, message_type: str | None
+        self, name: str, dead_letter_queue: str | None, message_type: str | None
     ) -> dict[str, Any]:
+        """The ``BROKER_QUEUES`` row that reads this shape from the queue ``name``."""
         row: dict[str, Any] = {"name": name, **self.settings}
         if message_type is not None and not self.type_as_attribute:
             row["default_handler"] = message_type
-        row["dead_letter_queue"] = dead_letter_queue
+        if dead_letter_queue is not None:
+            row["dead_letter_queue"] = dead_letter_queue
         return row
 
 
