@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from broker.local.demo import run_demo  # moto is an optional extra: import only when asked
 
         return run_demo(args)
+    if args.command == "local":
+        from broker.local.commands import run_local  # the emulator tooling: only when asked
+
+        return run_local(args)
     if args.command == "healthcheck":
         return _healthcheck(args.config, ready=args.ready)
     if args.command == "decisions":

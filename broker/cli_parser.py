@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decisions(commands)
     _add_idempotency(commands)
     _add_demo(commands)
+    # Imported here: the runtime never loads broker.local at import (tests/unit/test_layout.py).
+    from broker.local.commands import add_local_commands  # a parser only: no botocore, no moto
+
+    add_local_commands(commands)
     return parser
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["activity_definition", "callback_definitions"]
+from broker.local.shapes import SHAPES
+
+__all__ = ["activity_definition", "callback_definitions", "callback_flow_definition"]
 
 _CALLBACK_RESOURCE: Final = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
 #: The approval state's timeout: the links' default lifetime (86,400 s) and an hour more.
@@ -34,7 +36,7 @@ def _callback_task(
 
 def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The three callback flows, each sending to its queue in ``queues`` (by flow)."""
-    transaction_body = {"input.$": "$", "TaskToken.$": "$$.Task.Token"}
+    transaction_body = SHAPES["seed-001"].body
 
     def transaction(message_type: str) -> dict[str, Any]:
         task = _callback_task(queues["transactions"], transaction_body, message_type=message_type)
@@ -50,9 +52,7 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
             "StartAt": "WaitForCallback",
             "States": {
                 "WaitForCallback": {
-                    **_callback_task(
-                        queues["callback"], {"input.$": "$", "MyTaskToken.$": "$$.Task.Token"}
-                    ),
+                    **_callback_task(queues["callback"], SHAPES["seed-000"].body),
                     "Next": "Done",
                 },
                 "Done": {"Type": "Pass", "End": True},
@@ -67,9 +67,7 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
             "StartAt": "Verify",
             "States": {
                 "Verify": {
-                    **_callback_task(
-                        queues["verification"], {"Payload.$": "$", "TaskToken.$": "$$.Task.Token"}
-                    ),
+                    **_callback_task(queues["verification"], SHAPES["seed-004"].body),
                     "TimeoutSeconds": _DECISION_TIMEOUT_S,
                     "End": True,
                 },
@@ -92,6 +90,23 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
                 "ProcessPurchase": transaction("purchase"),
                 "ProcessRefund": transaction("refund"),
             },
+        },
+    }
+
+
+def callback_flow_definition(
+    queue_url: str, message_body: Mapping[str, str], *, message_type: str | None
+) -> dict[str, Any]:
+    """One callback task on one queue (``broker local deploy --queue``); its result is the
+    execution's output."""
+    return {
+        "Comment": "broker local deploy: one callback task, completed by the broker.",
+        "StartAt": "Handle",
+        "States": {
+            "Handle": {
+                **_callback_task(queue_url, message_body, message_type=message_type),
+                "End": True,
+            }
         },
     }
 

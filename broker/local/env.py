@@ -50,7 +50,10 @@ def loopback_without_proxy() -> dict[str, str]:
     values = {}
     for name in ("NO_PROXY", "no_proxy"):
         current = os.environ.get(name)
-        values[name] = f"{current},{loopback}" if current else loopback
+        if current and loopback in current:
+            values[name] = current  # already there: an `eval` run twice adds nothing
+        else:
+            values[name] = f"{current},{loopback}" if current else loopback
     return values
 
 

@@ -1,5 +1,5 @@
 """The seed flows, defined once: deployed to moto (the demo, tests/integration) and to
-LocalStack (``python -m broker.local.localstack deploy``, tests/localstack).
+LocalStack (``broker local deploy --preset seeds``, tests/localstack).
 
 Three callback flows, each one SQS queue and one ``sqs:sendMessage.waitForTaskToken``
 state machine (seeds 000, 004 and 001), optionally a dead-letter queue per queue, and the
@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from broker.local.definitions import activity_definition, callback_definitions
 from broker.local.endpoint import AwsEndpoint
+from broker.local.shapes import SHAPES
 
 __all__ = [
     "APPROVAL_HANDLERS",
@@ -144,38 +145,21 @@ def seed_queue_settings(flows: SeedFlows) -> list[dict[str, Any]]:
     """The broker's queue settings for the seed flows (``BROKER_QUEUES`` rows), by name as
     on AWS; each with its dead-letter queue when the flows have them."""
 
-    def queue(flow: str, **options: Any) -> dict[str, Any]:
-        row: dict[str, Any] = {"name": queue_name(flows.queues[flow]), **options}
-        if flow in flows.dead_letter_queues:
-            row["dead_letter_queue"] = queue_name(flows.dead_letter_queues[flow])
-        return row
+    def queue(flow: str, shape: str, message_type: str | None = None) -> dict[str, Any]:
+        dead_letters = flows.dead_letter_queues.get(flow)
+        return SHAPES[shape].queue_row(
+            queue_name(flows.queues[flow]),
+            queue_name(dead_letters) if dead_letters else None,
+            message_type,
+        )
 
-    untyped = {"type_attribute": None, "type_field": None}
     return [
         # seed 000: {"input", "MyTaskToken"}; one handler for the whole queue.
-        queue(
-            "callback",
-            token_fields=["MyTaskToken"],
-            payload_fields=["input"],
-            default_handler="callback",
-            **untyped,
-        ),
+        queue("callback", "seed-000", "callback"),
         # seed 004: {"Payload", "TaskToken"}; a person approves it (handlers.approval).
-        queue(
-            "verification",
-            token_fields=["TaskToken"],
-            payload_fields=["Payload"],
-            default_handler="approval",
-            **untyped,
-        ),
+        queue("verification", "seed-004", "approval"),
         # seed 001: purchases and refunds share a queue; the `type` attribute routes.
-        queue(
-            "transactions",
-            token_fields=["TaskToken"],
-            payload_fields=["input"],
-            type_attribute="type",
-            type_field=None,
-        ),
+        queue("transactions", "seed-001"),
     ]
 
 

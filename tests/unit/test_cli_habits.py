@@ -110,7 +110,9 @@ def test_every_subcommand_help_has_a_description_and_an_example(
     assert parser.description.splitlines()[0] in shown
     lines = shown.splitlines()
     example = lines.index("example:")
-    assert lines[example + 1].lstrip().startswith(("broker ", "export ", "BROKER_")), shown
+    assert (
+        lines[example + 1].lstrip().startswith(("broker ", "export ", "BROKER_", 'eval "$(broker '))
+    ), shown
     assert any(f"broker {' '.join(path)}" in line for line in lines[example + 1 :]), shown
 
 

@@ -26,7 +26,7 @@ PACKAGE = ROOT / "broker"
 MAX_LINES = 400
 MAX_MEDIAN_LINES = 150
 #: The only module that may load the dev tooling, and only inside a function (a command).
-LAZY_LOCAL_IMPORTERS = frozenset({"broker.cli"})
+LAZY_LOCAL_IMPORTERS = frozenset({"broker.cli", "broker.cli_parser"})
 
 
 @dataclass(frozen=True, slots=True)
