@@ -65,6 +65,8 @@ class Broker:
 
     ``clients`` is the transport seam: tests pass a factory yielding fakes.  ``tracer``
     defaults to what the OTEL_* environment asks for (docs/operations.md).
+    ``no_dead_letter_level``: how a queue without ``dead_letter_queue`` is reported (a
+    warning for a deployment; ``TestBroker`` makes it INFO, see there).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Broker:
         *,
         clients: ClientFactory = open_clients,
         tracer: Tracer | None = None,
+        no_dead_letter_level: int = logging.WARNING,
     ) -> None:
         problems = configuration_problems(settings, router)
         if problems:
@@ -83,6 +86,7 @@ class Broker:
         self.stats = Stats()
         self.tracer = tracer if tracer is not None else Tracer.from_environment()
         self._clients = clients
+        self._no_dead_letter_level = no_dead_letter_level
         self._stop: anyio.Event | None = None
         self._stop_requested = False
         self._ready = False
@@ -329,7 +333,8 @@ class Broker:
         url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
         if dead_letter_url is None:
             redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
-            log.warning(
+            log.log(
+                self._no_dead_letter_level,
                 "queue %s has no dead_letter_queue setting: poison messages are left to the "
                 "queue's redrive policy (the queue has been found %s one)",
                 queue.name,

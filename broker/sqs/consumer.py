@@ -80,6 +80,8 @@ class QueueConsumer:
         self._drained: list[ReceivedMessage] = []
         #: Each loop's cancel scope, which ``stop`` uses unless the loop is receiving.
         self._scopes: dict[int, anyio.CancelScope] = {}
+        #: ReceiveMessage calls cut off in the drain, said once per queue at the end.
+        self._cut_receives = 0
 
     @property
     def in_flight(self) -> int:
@@ -138,6 +140,19 @@ class QueueConsumer:
                 for index in range(self.receivers):
                     loops.start_soon(self._poll_loop, index, work)
         finally:
+            if self._cut_receives:
+                # The broker cuts receives only once nothing else runs (they found
+                # nothing in their whole wait so far) or at the grace deadline, which
+                # it warns about itself: one line per queue, not one per loop.
+                log.info(
+                    "drain: %d of %d ReceiveMessage call(s) on %s cut off while waiting; a "
+                    "message SQS handed out in that instant comes back after its "
+                    "visibility timeout",
+                    self._cut_receives,
+                    self.receivers,
+                    self.queue.name,
+                )
+                self._cut_receives = 0
             drained, self._drained = self._drained, []
             await self._hand_back(drained)
 
@@ -165,11 +180,7 @@ class QueueConsumer:
             self._release(slots)
             del self._receiving_since[index]
             if self._stopping:
-                log.info(
-                    "ReceiveMessage on %s cut off in the drain; messages SQS was about to "
-                    "return through it come back after their visibility timeout",
-                    self.queue.name,
-                )
+                self._cut_receives += 1  # said once for the queue, in ``poll``
             raise
         del self._receiving_since[index]
         self._backoff.succeeded()
