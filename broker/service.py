@@ -299,11 +299,39 @@ class Broker:
                     if any(consumer.receiving for consumer in self.consumers):
                         pollers.start_soon(cut_polls_once_nothing_else_runs)
         if work_scope.cancelled_caught:
+            self._say_grace_over()
+
+    def _say_grace_over(self) -> None:
+        """The grace period ran out: a warning if it cut a handler off, else one INFO line.
+
+        An idle activity poll is the usual reason, and not worth a warning: the drain
+        does not cut a GetActivityTask early, since Step Functions hands a task out once
+        (design brief: aborting a poll in flight can swallow it), and GetActivityTask
+        waits up to 60 s, longer than the default grace.  At the deadline it is cut all
+        the same.  A poll that was being answered in that instant is the one way a task
+        can go astray: it is not lost, it waits in Step Functions for the state's
+        HeartbeatSeconds / TimeoutSeconds, fails with States.Timeout, and the state's
+        Retry runs it again.
+        """
+        handlers = sum(c.cut_off for c in self.consumers) + sum(
+            p.cut_off for p in self.activity_pollers
+        )
+        polls = sum(p.polls_cut for p in self.activity_pollers)
+        if handlers:
             log.warning(
-                "grace period over: work still running cancelled (messages go back to their "
-                "queues, activity tasks are failed with Broker.ShuttingDown, receives and "
-                "activity polls still open are cut off)"
+                "grace period over: %d handler(s) still running cancelled (messages go back "
+                "to their queues, activity tasks are failed with Broker.ShuttingDown; %d idle "
+                "activity poll(s) cut off)",
+                handlers,
+                polls,
             )
+            return
+        log.info(
+            "grace period over: no handler was running; %d idle activity poll(s) cut off "
+            "(GetActivityTask is not cut before the grace ends: a task it hands out in the "
+            "last instant waits for the state's heartbeat/timeout, then its Retry)",
+            polls,
+        )
 
     async def _activity_pollers(
         self,

@@ -82,6 +82,8 @@ class QueueConsumer:
         self._scopes: dict[int, anyio.CancelScope] = {}
         #: ReceiveMessage calls cut off in the drain, said once per queue at the end.
         self._cut_receives = 0
+        #: Handlers cancelled by the end of the drain's grace period (the broker warns).
+        self.cut_off = 0
 
     @property
     def in_flight(self) -> int:
@@ -323,6 +325,7 @@ class QueueConsumer:
         except anyio.get_cancelled_exc_class():
             # Cut off by the drain's grace period: hand the message back now rather
             # than after its visibility timeout.  Shielded, bounded, then re-raised.
+            self.cut_off += 1
             with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
                 await delivery.hand_back()
             raise
