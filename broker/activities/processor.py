@@ -23,8 +23,8 @@ from broker.core.router import Route, Router
 from broker.core.settings import ActivitySettings
 from broker.core.step import Completion, Origin, Step
 from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
-from broker.observability.events import loggable, note_detail, note_token, note_type
-from broker.observability.redact import token_ref
+from broker.observability.events import note_detail, note_token, note_type
+from broker.observability.redact import loggable, token_ref
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.envelope import MAX_JSON_DEPTH, is_too_deep, load_json, lookup_path
 

@@ -14,16 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Final
 
-from broker.observability.redact import token_ref
+from broker.observability.redact import loggable, token_ref
 from broker.observability.stats import Outcome, Stats
 
 __all__ = [
     "MessageRecord",
     "current_record",
     "current_token",
-    "loggable",
     "message_record",
     "note_detail",
     "note_error",
@@ -37,10 +35,6 @@ log = logging.getLogger("broker.outcome")
 _WARN: frozenset[Outcome] = frozenset(
     {Outcome.POISON, Outcome.UNKNOWN_TYPE, Outcome.EXHAUSTED, Outcome.UNCONFIRMED}
 )
-#: Text from a message (a type nobody registered, a parse error quoting the body) is cut
-#: to this many characters before it is logged: a hostile message must not write 10 KB
-#: into every line about it.
-_LOGGED_CHARS: Final = 120
 
 
 @dataclass(slots=True)
@@ -48,8 +42,7 @@ class MessageRecord:
     source: str
     message_id: str
     receive_count: int
-    #: A registered type, "unknown" when none matched, "none" before routing (a
-    #: metric label: bounded).
+    #: A registered type, "unknown" when none matched, "none" before routing (a label).
     message_type: str = "none"
     #: The type the message asked for when no handler has it (``loggable``: bounded).
     asked_type: str | None = None
@@ -83,13 +76,6 @@ def note_detail(detail: str) -> None:
     record = _current.get()
     if record is not None:
         record.detail = detail if record.detail is None else f"{record.detail}; {detail}"
-
-
-def loggable(text: str, limit: int = _LOGGED_CHARS) -> str:
-    """``text`` from a message, safe in one log line: control characters (newlines)
-    escaped, cut to ``limit`` characters with the full length said."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown if len(text) <= limit else f"{shown}… ({len(text)} chars)"
 
 
 def note_token(token: str) -> None:

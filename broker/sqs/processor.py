@@ -38,7 +38,8 @@ from broker.core.errors import ErrorName
 from broker.core.router import Route, Router
 from broker.core.step import Completion, Origin, Step
 from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
-from broker.observability.events import loggable, note_detail, note_error, note_token, note_type
+from broker.observability.events import note_detail, note_error, note_token, note_type
+from broker.observability.redact import loggable
 from broker.observability.stats import Outcome
 from broker.sqs.delivery import Delivery
 from broker.sqs.envelope import Envelope, Poison, parse_envelope
