@@ -65,6 +65,8 @@ class Broker:
 
     ``clients`` is the transport seam: tests pass a factory yielding fakes.  ``tracer``
     defaults to what the OTEL_* environment asks for (docs/operations.md).
+    ``no_dead_letter_level``: how a queue without ``dead_letter_queue`` is reported (a
+    warning for a deployment; ``TestBroker`` makes it INFO, see there).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Broker:
         *,
         clients: ClientFactory = open_clients,
         tracer: Tracer | None = None,
+        no_dead_letter_level: int = logging.WARNING,
     ) -> None:
         problems = configuration_problems(settings, router)
         if problems:
@@ -83,6 +86,7 @@ class Broker:
         self.stats = Stats()
         self.tracer = tracer if tracer is not None else Tracer.from_environment()
         self._clients = clients
+        self._no_dead_letter_level = no_dead_letter_level
         self._stop: anyio.Event | None = None
         self._stop_requested = False
         self._ready = False
@@ -295,11 +299,39 @@ class Broker:
                     if any(consumer.receiving for consumer in self.consumers):
                         pollers.start_soon(cut_polls_once_nothing_else_runs)
         if work_scope.cancelled_caught:
+            self._say_grace_over()
+
+    def _say_grace_over(self) -> None:
+        """The grace period ran out: a warning if it cut a handler off, else one INFO line.
+
+        An idle activity poll is the usual reason, and not worth a warning: the drain
+        does not cut a GetActivityTask early, since Step Functions hands a task out once
+        (design brief: aborting a poll in flight can swallow it), and GetActivityTask
+        waits up to 60 s, longer than the default grace.  At the deadline it is cut all
+        the same.  A poll that was being answered in that instant is the one way a task
+        can go astray: it is not lost, it waits in Step Functions for the state's
+        HeartbeatSeconds / TimeoutSeconds, fails with States.Timeout, and the state's
+        Retry runs it again.
+        """
+        handlers = sum(c.cut_off for c in self.consumers) + sum(
+            p.cut_off for p in self.activity_pollers
+        )
+        polls = sum(p.polls_cut for p in self.activity_pollers)
+        if handlers:
             log.warning(
-                "grace period over: work still running cancelled (messages go back to their "
-                "queues, activity tasks are failed with Broker.ShuttingDown, receives and "
-                "activity polls still open are cut off)"
+                "grace period over: %d handler(s) still running cancelled (messages go back "
+                "to their queues, activity tasks are failed with Broker.ShuttingDown; %d idle "
+                "activity poll(s) cut off)",
+                handlers,
+                polls,
             )
+            return
+        log.info(
+            "grace period over: no handler was running; %d idle activity poll(s) cut off "
+            "(GetActivityTask is not cut before the grace ends: a task it hands out in the "
+            "last instant waits for the state's heartbeat/timeout, then its Retry)",
+            polls,
+        )
 
     async def _activity_pollers(
         self,
@@ -329,7 +361,8 @@ class Broker:
         url, attributes, dead_letter_url = found.url, found.attributes, found.dead_letter_url
         if dead_letter_url is None:
             redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
-            log.warning(
+            log.log(
+                self._no_dead_letter_level,
                 "queue %s has no dead_letter_queue setting: poison messages are left to the "
                 "queue's redrive policy (the queue has been found %s one)",
                 queue.name,

@@ -152,6 +152,10 @@ class ActivityPoller:
         self._stopping = False
         self._polling = False
         self._scope: anyio.CancelScope | None = None
+        #: Polls cut off by the end of the grace period (idle: they had no answer yet),
+        #: and handlers cancelled by it: the broker says both once, at the end.
+        self.polls_cut = 0
+        self.cut_off = 0
         self._backoff = PollBackoff("GetActivityTask", activity.name, log)
 
     @property
@@ -206,11 +210,7 @@ class ActivityPoller:
             )
         except anyio.get_cancelled_exc_class():
             if self._stopping:
-                log.info(
-                    "activity %s: poll cut off at the end of the grace period; a task it "
-                    "was being handed (unlikely) waits for its heartbeat/timeout",
-                    self.activity.name,
-                )
+                self.polls_cut += 1  # the broker says so, once for every poller
             raise
         finally:
             self._polling = False
@@ -218,6 +218,9 @@ class ActivityPoller:
     async def _handle(self, token: str, raw_input: str | None, slot: Slot) -> None:
         try:
             await self._processor.process(self.activity, token, raw_input)
+        except anyio.get_cancelled_exc_class():
+            self.cut_off += 1  # the processor failed it with Broker.ShuttingDown
+            raise
         except Exception:
             # A bug in the broker itself: log it and keep the broker running.  The task
             # is not redelivered; the workflow's heartbeat/timeout and Retry take over.

@@ -23,8 +23,8 @@ from broker.core.router import Route, Router
 from broker.core.settings import ActivitySettings
 from broker.core.step import Completion, Origin, Step
 from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
-from broker.observability.events import note_token, note_type
-from broker.observability.redact import token_ref
+from broker.observability.events import note_detail, note_token, note_type
+from broker.observability.redact import loggable, token_ref
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.envelope import MAX_JSON_DEPTH, is_too_deep, load_json, lookup_path
 
@@ -106,7 +106,9 @@ class ActivityTaskProcessor:
             return await self._settled(activity, token, not_json)
         route = self._route(activity.settings, payload)
         if route is None:
-            note_type("unknown")
+            field = activity.settings.type_field
+            named = lookup_path(payload, field) if field else None
+            note_type("unknown", asked=named if isinstance(named, str) and named else None)
             return await self._unknown_type(activity, token, payload)
         note_type(route.message_type)
         body = payload if isinstance(payload, dict) else {"input": payload}
@@ -129,30 +131,15 @@ class ActivityTaskProcessor:
                 return await self._settled(activity, token, verdict)
             case Retry():
                 failure = verdict.at_once()
-                log.error(
-                    "activity %s: handler %s failed with %s (%s); no redelivery for activities",
-                    activity.name,
-                    route.message_type,
-                    failure.error,
-                    token_ref(token),
-                )
+                note_detail("failed at once: no redelivery for activities")
                 return await self._settled(activity, token, failure)
             case Closed():
-                log.info(
-                    "activity %s: handler %s cancelled: the workflow closed task %s",
-                    activity.name,
-                    route.message_type,
-                    token_ref(token),
-                )
+                note_detail("handler cancelled: the workflow closed the task")
                 return Outcome.TASK_CLOSED
             case Deferred():
                 # Left open for a decision link (or the state's timeout) to complete.
-                log.info(
-                    "activity %s: handler %s deferred task %s",
-                    activity.name,
-                    route.message_type,
-                    token_ref(token),
-                )
+                if verdict.reason:
+                    note_detail(loggable(verdict.reason))
                 return Outcome.DEFERRED
             case Busy(error=None):
                 # Another run holds the token's claim: it completes the task.
@@ -175,7 +162,7 @@ class ActivityTaskProcessor:
             f"task of activity {activity.name} has type {named!r} "
             f"(field {settings.type_field!r}); registered types: {known}"
         )
-        log.warning("unknown activity task type: %s (%s)", cause, token_ref(token))
+        note_detail(f"registered types: {loggable(known)}")
         unknown = Failed(ErrorName.UNKNOWN_MESSAGE_TYPE, cause, Outcome.UNKNOWN_TYPE)
         return await self._settled(activity, token, unknown)
 
@@ -186,10 +173,8 @@ class ActivityTaskProcessor:
         if not completion.settled:
             # Nothing comes back for an activity: the workflow waits for its heartbeat
             # or timeout, and its Retry decides.  Say so loudly.
-            log.error(
-                "activity %s: outcome of task %s not confirmed by Step Functions; the "
-                "workflow will see its heartbeat/timeout expire",
-                activity.name,
-                token_ref(token),
+            note_detail(
+                "not confirmed by Step Functions: the workflow will see its heartbeat/timeout "
+                "expire"
             )
         return completion.outcome

@@ -11,6 +11,7 @@ hatch: every call through aiobotocore.  The protocols the clients satisfy are in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final, cast
@@ -29,6 +30,8 @@ from broker.core.errors import ConfigError
 from broker.core.settings import BrokerSettings
 
 __all__ = ["ACTIVITY_POLL_READ_TIMEOUT_S", "lean_clients", "open_clients"]
+
+log = logging.getLogger("broker.aws")
 
 #: GetActivityTask answers within 60 s; the read timeout must be longer.
 ACTIVITY_POLL_READ_TIMEOUT_S: Final = 70
@@ -77,6 +80,7 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
         session.client("stepfunctions", config=poll_config, endpoint_url=endpoint) as sfn_poll,
         AsyncExitStack() as optional,
     ):
+        await _log_credential_source(session)
         sns: SnsApi | None = None
         if settings.decision_topic:
             # One Publish per approval: botocore's client with its standard retries
@@ -126,6 +130,17 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
             sns=sns,
             dynamodb=dynamodb,
         )
+
+
+async def _log_credential_source(session: Any) -> None:
+    """Where the credentials come from, once, at DEBUG: botocore's own INFO line about it
+    is held back (``observability.logs``).  The method's name only, never a key."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    # Typed as synchronous in the stubs; aioboto3 returns a coroutine.
+    credentials: Any = await cast(Awaitable[Any], session.get_credentials())
+    method = getattr(credentials, "method", None) if credentials is not None else None
+    log.debug("AWS credentials: %s", method or "none found")
 
 
 async def lean_clients(session: Any, sqs: Any, sfn: Any) -> AwsClients:

@@ -12,6 +12,7 @@ from typing import Any, Final, cast
 
 from broker.aws.errors import HEARTBEAT_CLOSED_CODES, error_name, is_throttle
 from broker.aws.protocols import AwsClients, DynamoApi, SfnApi, SnsApi, SqsApi
+from broker.observability.metric_names import LONG_POLL_APIS
 from broker.observability.stats import Stats
 from broker.observability.tracing import Tracer
 
@@ -40,7 +41,8 @@ def _api_name(method: str) -> str:
 
 
 def _measured(stats: Stats, tracer: Tracer, api: str, call: _Call) -> _Call:
-    seconds = stats.aws_seconds[api]
+    # Picked once per API, not per call: a long poll's wait is not call latency.
+    seconds = stats.poll_seconds[api] if api in LONG_POLL_APIS else stats.aws_seconds[api]
     traced = tracer.enabled
 
     async def measured_call(**params: Any) -> Mapping[str, Any]:

@@ -160,7 +160,7 @@ class BrokerSettings(BaseSettings):
     )
     log_levels: dict[str, str] = Field(
         default_factory=dict,
-        description='JSON object of per-logger levels, e.g. {"broker.processing": "DEBUG"}.',
+        description='JSON object of per-logger levels, e.g. {"broker.outcome": "WARNING"}.',
     )
     http_host: str = Field(default="0.0.0.0", description="Address of /livez /readyz /metrics.")  # noqa: S104 - a container's probes come from outside
     http_port: int | None = Field(

@@ -35,7 +35,7 @@ from broker.core.payloads import encode_output, invalid_input_cause
 from broker.core.router import Route
 from broker.core.task import Task
 from broker.core.verdict import Closed, Deferred, Failed, Succeeded, Verdict, retry_for, timed_out
-from broker.observability.events import current_record, message_record, settled
+from broker.observability.events import message_record, settled
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome, Stats
 from broker.observability.tracing import Tracer, annotate
@@ -221,14 +221,7 @@ class Step:
                     return _read(confirmation, Outcome.SUCCEEDED)
                 output = Failed(ErrorName.INVALID_OUTPUT, _REFUSED_OUTPUT, Outcome.INVALID_OUTPUT)
             verdict = output
-        record = current_record()
-        log.info(
-            "task failed with %s (%s, message %s, %s)",
-            verdict.error,
-            record.source if record else "-",
-            record.message_id if record else "-",
-            token_ref(token),
-        )
+        # Said once, by the task's outcome event (the error is noted by the completer).
         confirmation = await self._completer.fail(token, verdict.error, verdict.cause)
         return _read(confirmation, verdict.outcome)
 

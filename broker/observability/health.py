@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 
 from broker.core.errors import ConfigError
 from broker.core.settings import ENV_PREFIX
+from broker.observability.metric_names import hot_apis
 from broker.observability.metrics import BrokerGauges, MetricsCollector, render_metrics
 from broker.observability.probes import Health, HttpEndpoints, serve_http
 from broker.observability.stats import LAG_PROBE_S, LAG_WINDOW_S
@@ -104,6 +105,10 @@ class BrokerHealth:
                 ready=lambda: broker.ready,
                 draining=lambda: broker.draining,
                 completion_rates=broker.completion_rates.allowed,
+                aws_apis=hot_apis(
+                    queues=bool(broker.settings.queues),
+                    activities=bool(broker.settings.activities),
+                ),
             ),
         )
 

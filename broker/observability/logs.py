@@ -25,6 +25,8 @@ __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "redact_tokens
 _STANDARD_FIELDS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
+#: Where botocore and aiobotocore announce the credential source they found.
+_CREDENTIAL_LOGGERS: Final = ("botocore.credentials", "aiobotocore.credentials")
 _COLOURS: Final = {"WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m"}
 
 
@@ -104,5 +106,10 @@ def configure_logging(
     # per-logger level says otherwise (what it then shows: docs/operations.md).
     for noisy in ("botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # "Found credentials in environment variables." at INFO on every start and every
+    # command: the broker says where its credentials came from once, at DEBUG
+    # (``broker.aws.clients``), so these loggers only speak up about trouble.
+    for chatty in _CREDENTIAL_LOGGERS:
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for name, name_level in (levels or {}).items():
         logging.getLogger(name).setLevel(name_level.upper())

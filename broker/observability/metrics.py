@@ -3,14 +3,27 @@
 Labels are bounded: queue (configured), type (registered, ``unknown`` or ``none``),
 outcome, AWS API name and error code.  Never a token, a message id or a raw type
 string from a message.  docs/operations.md says what each metric means.
+
+By Prometheus' conventions: the process and platform collectors beside the broker's
+own (``process_*``, ``python_info``), a ``broker_build_info`` gauge, and the throttle and
+error series of the hot AWS APIs present at 0 from the first scrape, so that an alert
+can tell "none" from "missing".  Long polls (ReceiveMessage, GetActivityTask) wait by
+design, up to 20 s and 60 s: their time is ``broker_aws_poll_duration_seconds``, not the
+call latency histogram, whose quantiles it would swamp.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,28 +32,24 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from broker._version import __version__
+from broker.observability.metric_names import (
+    HOT_ERROR_CODES,
+    METRIC_NAMES,
+    STANDARD_METRIC_NAMES,
+    hot_apis,
+)
 from broker.observability.stats import Histogram, Outcome, Stats
 
-__all__ = ["METRIC_NAMES", "BrokerGauges", "MetricsCollector", "render_metrics"]
-
-#: Every metric family the broker exposes (tests and the deploy examples check this list).
-METRIC_NAMES = (
-    "broker_messages_received_total",
-    "broker_messages_total",
-    "broker_handler_duration_seconds",
-    "broker_aws_call_duration_seconds",
-    "broker_aws_call_errors_total",
-    "broker_throttles_total",
-    "broker_handlers_in_flight",
-    "broker_free_slots",
-    "broker_delete_batch_size",
-    "broker_heartbeats_total",
-    "broker_decisions_total",
-    "broker_event_loop_lag_seconds",
-    "broker_completion_rate_allowed",
-    "broker_ready",
-    "broker_draining",
-)
+__all__ = [
+    "HOT_ERROR_CODES",
+    "METRIC_NAMES",
+    "STANDARD_METRIC_NAMES",
+    "BrokerGauges",
+    "MetricsCollector",
+    "hot_apis",
+    "render_metrics",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,8 @@ class BrokerGauges:
     draining: Callable[[], bool]
     #: Calls/s each SendTask* API may send now (inf: no limit).
     completion_rates: Callable[[], Mapping[str, float]] = dict
+    #: The hot AWS APIs (``hot_apis``): their throttle and error series start at 0.
+    aws_apis: tuple[str, ...] = ()
 
 
 def _histogram(
@@ -101,22 +112,39 @@ class MetricsCollector(Collector):
         )
         yield _histogram(
             "broker_aws_call_duration_seconds",
-            "Latency of AWS calls (SDK retries included), per API.",
+            "Latency of AWS calls (SDK retries included), per API; long polls excluded.",
             "api",
             stats.aws_seconds,
         )
+        yield _histogram(
+            "broker_aws_poll_duration_seconds",
+            "How long each long poll (ReceiveMessage, GetActivityTask) waited for its answer.",
+            "api",
+            stats.poll_seconds,
+        )
+        apis = self._gauges.aws_apis
+        errors: dict[tuple[str, ...], int] = {
+            (api, code): 0 for api in apis for code in HOT_ERROR_CODES.get(api, ())
+        }
+        errors.update(stats.aws_errors.items())
         yield _counter(
             "broker_aws_call_errors",
             "AWS calls that raised, by error code.",
             ["api", "code"],
-            {(api, code): n for (api, code), n in stats.aws_errors.items()},
+            errors,
         )
+        throttles: dict[tuple[str, ...], int] = {(api,): 0 for api in apis}
+        throttles.update({(api,): n for api, n in stats.throttles.items()})
         yield _counter(
-            "broker_throttles",
-            "AWS calls answered with throttling.",
-            ["api"],
-            {(api,): n for api, n in stats.throttles.items()},
+            "broker_throttles", "AWS calls answered with throttling.", ["api"], throttles
         )
+        build = GaugeMetricFamily(
+            "broker_build_info",
+            "Always 1: the broker's version and the Python running it, as labels.",
+            labels=["version", "python"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
         yield _counter(
             "broker_heartbeats",
             "SendTaskHeartbeat calls: sent, closed (the workflow gave up) or failed.",
@@ -170,7 +198,10 @@ class MetricsCollector(Collector):
 
 
 def render_metrics(collector: MetricsCollector) -> bytes:
-    """The Prometheus text exposition of one broker (its own registry: no globals)."""
+    """The Prometheus text exposition of one broker (its own registry: no globals), with
+    the process and platform collectors (they read /proc and ``platform`` when asked)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     return generate_latest(registry)

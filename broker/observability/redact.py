@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import quote, quote_plus
 
-__all__ = ["redact", "redact_token", "register_token_fields", "token_ref"]
+__all__ = ["loggable", "redact", "redact_token", "register_token_fields", "token_ref"]
 
 
 def token_ref(token: str) -> str:
@@ -36,6 +36,19 @@ def token_ref(token: str) -> str:
     """
     digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
     return f"tok:{digest}"
+
+
+#: Text from a message (a type nobody registered, a parse error quoting the body) is cut
+#: to this many characters before it is logged: a hostile message must not write 10 KB
+#: into every line about it.
+_LOGGED_CHARS: Final = 120
+
+
+def loggable(text: str, limit: int = _LOGGED_CHARS) -> str:
+    """``text`` from a message, safe in one log line: control characters (newlines)
+    escaped, cut to ``limit`` characters with the full length said."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown if len(text) <= limit else f"{shown}… ({len(text)} chars)"
 
 
 # Step Functions tokens are long base64-ish strings (hundreds of characters).  Anything

@@ -12,6 +12,8 @@ from collections import Counter, defaultdict, deque
 from enum import StrEnum
 from typing import Final
 
+from broker.observability.metric_names import POLL_BUCKETS_S
+
 __all__ = ["DURATION_BUCKETS_S", "Histogram", "LoopLag", "Outcome", "Stats"]
 
 
@@ -121,6 +123,10 @@ LAG_PROBE_S: Final = 0.5
 LAG_WINDOW_S: Final = 60.0
 
 
+def _poll_histogram() -> Histogram:
+    return Histogram(POLL_BUCKETS_S)
+
+
 class Stats:
     def __init__(self) -> None:
         self.outcomes: Counter[tuple[str, Outcome]] = Counter()
@@ -129,6 +135,8 @@ class Stats:
         self.received: Counter[str] = Counter()
         self.handler_seconds: defaultdict[str, Histogram] = defaultdict(Histogram)
         self.aws_seconds: defaultdict[str, Histogram] = defaultdict(Histogram)
+        #: The long polls' waits (``metric_names.LONG_POLL_APIS``), not call latency.
+        self.poll_seconds: defaultdict[str, Histogram] = defaultdict(_poll_histogram)
         self.aws_errors: Counter[tuple[str, str]] = Counter()
         self.throttles: Counter[str] = Counter()
         self.heartbeats: Counter[str] = Counter()

@@ -80,6 +80,10 @@ class QueueConsumer:
         self._drained: list[ReceivedMessage] = []
         #: Each loop's cancel scope, which ``stop`` uses unless the loop is receiving.
         self._scopes: dict[int, anyio.CancelScope] = {}
+        #: ReceiveMessage calls cut off in the drain, said once per queue at the end.
+        self._cut_receives = 0
+        #: Handlers cancelled by the end of the drain's grace period (the broker warns).
+        self.cut_off = 0
 
     @property
     def in_flight(self) -> int:
@@ -138,6 +142,19 @@ class QueueConsumer:
                 for index in range(self.receivers):
                     loops.start_soon(self._poll_loop, index, work)
         finally:
+            if self._cut_receives:
+                # The broker cuts receives only once nothing else runs (they found
+                # nothing in their whole wait so far) or at the grace deadline, which
+                # it warns about itself: one line per queue, not one per loop.
+                log.info(
+                    "drain: %d of %d ReceiveMessage call(s) on %s cut off while waiting; a "
+                    "message SQS handed out in that instant comes back after its "
+                    "visibility timeout",
+                    self._cut_receives,
+                    self.receivers,
+                    self.queue.name,
+                )
+                self._cut_receives = 0
             drained, self._drained = self._drained, []
             await self._hand_back(drained)
 
@@ -165,11 +182,7 @@ class QueueConsumer:
             self._release(slots)
             del self._receiving_since[index]
             if self._stopping:
-                log.info(
-                    "ReceiveMessage on %s cut off in the drain; messages SQS was about to "
-                    "return through it come back after their visibility timeout",
-                    self.queue.name,
-                )
+                self._cut_receives += 1  # said once for the queue, in ``poll``
             raise
         del self._receiving_since[index]
         self._backoff.succeeded()
@@ -312,6 +325,7 @@ class QueueConsumer:
         except anyio.get_cancelled_exc_class():
             # Cut off by the drain's grace period: hand the message back now rather
             # than after its visibility timeout.  Shielded, bounded, then re-raised.
+            self.cut_off += 1
             with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
                 await delivery.hand_back()
             raise

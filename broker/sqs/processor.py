@@ -20,12 +20,12 @@ through its ``Delivery`` (``sqs.delivery``)::
 
 "Once settled": only after Step Functions confirmed the outcome, or said the task is
 closed; otherwise the message is kept and comes back when its visibility lapses.
-Cancellation is never swallowed.
+Cancellation is never swallowed.  What happened is said once, in the outcome event
+(``note_error`` / ``note_detail`` feed it): no line of its own here.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from dataclasses import dataclass
@@ -38,15 +38,13 @@ from broker.core.errors import ErrorName
 from broker.core.router import Route, Router
 from broker.core.step import Completion, Origin, Step
 from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
-from broker.observability.events import note_error, note_token, note_type
-from broker.observability.redact import token_ref
+from broker.observability.events import note_detail, note_error, note_token, note_type
+from broker.observability.redact import loggable
 from broker.observability.stats import Outcome
 from broker.sqs.delivery import Delivery
 from broker.sqs.envelope import Envelope, Poison, parse_envelope
 
 __all__ = ["MessageProcessor", "ProcessingDefaults"]
-
-log = logging.getLogger("broker.processing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +118,7 @@ class MessageProcessor:
     ) -> Outcome:
         route = self._router.get(envelope.message_type) if envelope.message_type else None
         if route is None:
-            note_type("unknown")
+            note_type("unknown", asked=envelope.message_type or None)
             return await self._unknown_type(delivery, envelope)
         note_type(route.message_type)
         # Invisible while the handler runs, by the queue's one visibility timer.
@@ -143,24 +141,14 @@ class MessageProcessor:
             case Retry():
                 return await self._retry_or_exhaust(delivery, route, token, verdict)
             case Closed():
-                log.info(
-                    "handler %s cancelled: the workflow closed the task (message %s, %s)",
-                    route.message_type,
-                    delivery.message.message_id,
-                    token_ref(token),
-                )
+                note_detail("handler cancelled: the workflow closed the task")
                 await delivery.delete()
                 return Outcome.TASK_CLOSED
             case Deferred():
                 # The task waits in Step Functions for a decision link (or its timeout);
                 # the message has done its work.
-                log.info(
-                    "handler %s deferred the task (message %s, %s)%s",
-                    route.message_type,
-                    delivery.message.message_id,
-                    token_ref(token),
-                    f": {verdict.reason}" if verdict.reason else "",
-                )
+                if verdict.reason:
+                    note_detail(loggable(verdict.reason))
                 await delivery.delete()
                 return Outcome.DEFERRED
             case Busy():
@@ -197,11 +185,7 @@ class MessageProcessor:
             await delivery.delete()
         else:
             # Not confirmed: keep the message; it comes back when its visibility lapses.
-            log.warning(
-                "outcome of message %s not confirmed by Step Functions (%s); kept for redelivery",
-                delivery.message.message_id,
-                token_ref(token),
-            )
+            note_detail("not confirmed by Step Functions: kept for redelivery")
         return completion.outcome
 
     async def _retry_or_exhaust(
@@ -216,26 +200,10 @@ class MessageProcessor:
                 if retry.delay_s is not None
                 else self._retry_delay_s(message.receive_count)
             )
-            log.warning(
-                "handler %s raised %s on attempt %d/%d (message %s, %s); retry in %ds",
-                route.message_type,
-                retry.error,
-                message.receive_count,
-                max_attempts,
-                message.message_id,
-                token_ref(token),
-                delay_s,
-            )
+            note_detail(f"attempt {message.receive_count}/{max_attempts}; retry in {delay_s}s")
             await delivery.hide(delay_s)
             return Outcome.RETRY
-        log.error(
-            "handler %s failed for good with %s after %d attempt(s) (message %s, %s)",
-            route.message_type,
-            retry.error,
-            message.receive_count,
-            message.message_id,
-            token_ref(token),
-        )
+        note_detail(f"failed for good after {message.receive_count} attempt(s)")
         completion = await self._step.complete(token, retry.exhausted())
         if completion.confirmation is Confirmation.TASK_CLOSED and delivery.redriven:
             return await self._drop_redriven(delivery, token)
@@ -259,7 +227,7 @@ class MessageProcessor:
         known = ", ".join(sorted(self._router.routes)) or "none"
         named = repr(envelope.message_type) if envelope.message_type else "no type"
         cause = f"message on queue {delivery.queue.name} has {named}; registered types: {known}"
-        log.warning("unknown message type: %s (message %s)", cause, delivery.message.message_id)
+        note_detail(f"registered types: {loggable(known)}")
         unknown = Failed(ErrorName.UNKNOWN_MESSAGE_TYPE, cause, Outcome.UNKNOWN_TYPE)
         completion = await self._step.complete(envelope.token, unknown)
         if not completion.settled:
@@ -275,24 +243,13 @@ class MessageProcessor:
         """A redriven copy of a task that is closed already: its DLQ copy was made the
         first time; copying it again would only feed the next redrive (docs/errors.md).
         """
-        log.info(
-            "message %s on %s was redriven, but its task is closed already (%s): dropped",
-            delivery.message.message_id,
-            delivery.queue.name,
-            token_ref(token),
-        )
+        note_detail("redriven, but its task is closed already: dropped")
         await delivery.delete()
         return Outcome.TASK_CLOSED
 
     async def _poison(self, delivery: Delivery, poison: Poison) -> Outcome:
         note_error(poison.reason.value)
-        log.warning(
-            "poison message %s on %s: %s (%s)",
-            delivery.message.message_id,
-            delivery.queue.name,
-            poison.reason.value,
-            poison.detail,
-        )
+        note_detail(loggable(poison.detail))
         if await delivery.dead_letter(poison.reason.value, poison.detail):
             await delivery.delete()
         elif not delivery.has_dead_letter_queue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -42,7 +43,9 @@ class TestBroker:
     so a test of the retry path, or of attempts running out, takes milliseconds.  The
     other settings keep their defaults: a message the broker sets aside (poison without
     a dead-letter queue, a completion never confirmed) stays hidden for
-    ``retry_max_delay_s``.  The fakes keep real time (speeding their clock up would also
+    ``retry_max_delay_s``; a queue without ``dead_letter_queue`` is said at INFO, not
+    warned about as a deployed one is (name one to test dead-lettering:
+    ``tb.sqs.messages("dlq")``).  The fakes keep real time (speeding their clock up would also
     shorten the visibility timeouts a running handler relies on); pass your own settings
     to run with the production backoff (1 to 2 s before the first retry, doubling after)
     and give ``wait_idle`` a ``timeout_s`` that covers it.
@@ -121,7 +124,14 @@ class TestBroker:
             if not activity.create_if_missing and not activity.name.startswith("arn:"):
                 self.sfn.add_activity(activity.name)
         self.broker = Broker(
-            self.settings, router, clients=self._clients, tracer=Tracer(tracer_provider)
+            self.settings,
+            router,
+            clients=self._clients,
+            tracer=Tracer(tracer_provider),
+            # The queues here are made for this test, not deployed: a queue without a
+            # dead-letter queue is the test's choice (poison messages are parked, as
+            # the class says), not a deployment mistake to warn every test about.
+            no_dead_letter_level=logging.INFO,
         )
         self._group: TaskGroup | None = None
 

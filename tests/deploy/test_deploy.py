@@ -34,6 +34,7 @@ from broker.core.settings import ENV_PREFIX
 from broker.core.settings_sources import RETIRED_VARIABLES
 from broker.observability.metrics import (
     METRIC_NAMES,
+    STANDARD_METRIC_NAMES,
     BrokerGauges,
     MetricsCollector,
     render_metrics,
@@ -77,6 +78,7 @@ CONTRACT_METRICS: Final = {
     "broker_messages_total": "counter",
     "broker_handler_duration_seconds": "histogram",
     "broker_aws_call_duration_seconds": "histogram",
+    "broker_aws_poll_duration_seconds": "histogram",
     "broker_aws_call_errors_total": "counter",
     "broker_throttles_total": "counter",
     "broker_handlers_in_flight": "gauge",
@@ -88,6 +90,15 @@ CONTRACT_METRICS: Final = {
     "broker_completion_rate_allowed": "gauge",
     "broker_ready": "gauge",
     "broker_draining": "gauge",
+    "broker_build_info": "gauge",
+    # prometheus_client's process and platform collectors (Linux).
+    "process_virtual_memory_bytes": "gauge",
+    "process_resident_memory_bytes": "gauge",
+    "process_start_time_seconds": "gauge",
+    "process_cpu_seconds_total": "counter",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "python_info": "gauge",
 }
 
 #: The IAM actions of issue 6's contract (the policy may hold optional ones besides).
@@ -529,7 +540,7 @@ def test_the_fleet_stays_inside_the_step_functions_quota(
 def test_the_contract_metrics_are_what_the_broker_exposes() -> None:
     exposed = exposed_metric_types()
     assert exposed == CONTRACT_METRICS
-    assert set(METRIC_NAMES) == set(exposed)
+    assert set(METRIC_NAMES) | set(STANDARD_METRIC_NAMES) == set(exposed)
 
 
 def test_every_dashboard_expression_uses_exposed_metrics_only() -> None:
