@@ -85,7 +85,7 @@ def contenders() -> list[Contender]:
     return [
         Contender(
             "broker default",
-            "defaults (concurrency 128, completions 64)",
+            "defaults (concurrency 128, completions 32)",
             (BROKER, "run"),
             broker_env,
         ),

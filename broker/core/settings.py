@@ -99,7 +99,7 @@ class BrokerSettings(BaseSettings):
         default=128, ge=1, description="Handlers in flight, all queues and activities."
     )
     completion_concurrency: int = Field(
-        default=64, ge=1, description="SendTaskSuccess/Failure calls in flight."
+        default=32, ge=1, description="SendTaskSuccess/Failure calls in flight."
     )
     completion_rate_per_s: float | None = Field(
         default=None,
