@@ -8,7 +8,6 @@ import json
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import free_port, run_cli
 from tests.local_loop import (
     author_env,
     blocks,
@@ -27,13 +27,6 @@ from tests.local_loop import (
     run_script,
     write_plugin,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -46,18 +39,6 @@ class Up:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def _run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
 
 
 def _exported(stdout: str) -> dict[str, str]:
@@ -78,7 +59,7 @@ def _start_up(command: str, cwd: Path) -> tuple[subprocess.Popen[str], int, list
     """The README's ``broker local up`` on a free port; again on another if that port was
     taken between the probe and the bind (tests run side by side)."""
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             ["bash", "-c", "exec " + command.replace("broker local up", f"{UP} --port {port}")],
             env=author_env(),
@@ -138,7 +119,7 @@ def test_the_readme_loop_runs_your_plugin_on_broker_local_up(up: Up, tmp_path: P
 def test_up_prints_what_env_prints_and_stops_cleanly(
     stop: signal.Signals, up: Up, tmp_path: Path
 ) -> None:
-    env = _run("local", "env", "--port", str(up.port), env=author_env(), cwd=tmp_path)
+    env = run_cli("local", "env", "--port", str(up.port), env=author_env(), cwd=tmp_path)
     assert env.returncode == 0, env.stderr
     assert up.lines == env.stdout.splitlines()
     assert f"export AWS_ENDPOINT_URL={up.endpoint}" in up.lines
@@ -150,12 +131,14 @@ def test_up_prints_what_env_prints_and_stops_cleanly(
 
 def test_start_wait_says_running_and_exits_1_at_its_timeout(up: Up, tmp_path: Path) -> None:
     env = author_env(AWS_ENDPOINT_URL=up.endpoint)
-    assert _run("local", "deploy", "--queue", "idle", env=env, cwd=tmp_path).returncode == 0
+    assert run_cli("local", "deploy", "--queue", "idle", env=env, cwd=tmp_path).returncode == 0
     # No broker: nothing completes the task.
-    done = _run("local", "start", "idle", "{}", "--wait", "--timeout", "1", env=env, cwd=tmp_path)
+    done = run_cli(
+        "local", "start", "idle", "{}", "--wait", "--timeout", "1", env=env, cwd=tmp_path
+    )
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout) == {"status": "RUNNING", "output": None}
-    started = _run("local", "start", "idle", '"x"', env=env, cwd=tmp_path)
+    started = run_cli("local", "start", "idle", '"x"', env=env, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     assert re.fullmatch(r"arn:aws:states:[^:]+:\d+:execution:idle:idle-\S+\n", started.stdout)
 
@@ -163,7 +146,7 @@ def test_start_wait_says_running_and_exits_1_at_its_timeout(up: Up, tmp_path: Pa
 def test_deploy_twice_is_the_same_deploy(up: Up, tmp_path: Path) -> None:
     env = author_env(AWS_ENDPOINT_URL=up.endpoint)
     args = ("local", "deploy", "--queue", "refunds", "--shape", "seed-004", "--type", "refund")
-    first, second = (_run(*args, env=env, cwd=tmp_path) for _ in range(2))
+    first, second = (run_cli(*args, env=env, cwd=tmp_path) for _ in range(2))
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout
     (line,) = first.stdout.splitlines()
@@ -180,15 +163,15 @@ def test_deploy_twice_is_the_same_deploy(up: Up, tmp_path: Path) -> None:
     }
     # A second queue keeps the first one's row in BROKER_QUEUES.
     env["BROKER_QUEUES"] = json.dumps([row])
-    other = _run("local", "deploy", "--queue", "orders", env=env, cwd=tmp_path)
+    other = run_cli("local", "deploy", "--queue", "orders", env=env, cwd=tmp_path)
     names = [r["name"] for r in _rows(other.stdout)]
     assert names == ["refunds", "orders"], other.stderr
 
 
 def test_start_of_a_flow_that_is_not_there_names_the_deployed_ones(up: Up, tmp_path: Path) -> None:
     env = author_env(AWS_ENDPOINT_URL=up.endpoint)
-    assert _run("local", "deploy", "--queue", "orders", env=env, cwd=tmp_path).returncode == 0
-    done = _run("local", "start", "order", "{}", "--wait", env=env, cwd=tmp_path)
+    assert run_cli("local", "deploy", "--queue", "orders", env=env, cwd=tmp_path).returncode == 0
+    done = run_cli("local", "start", "order", "{}", "--wait", env=env, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == (
         f"broker local start: no flow 'order' at {up.endpoint} (deployed: orders); "
@@ -198,7 +181,7 @@ def test_start_of_a_flow_that_is_not_there_names_the_deployed_ones(up: Up, tmp_p
 
 
 def test_up_on_a_port_in_use_is_one_line_and_exit_1(up: Up, tmp_path: Path) -> None:
-    done = _run("local", "up", "--port", str(up.port), env=author_env(), cwd=tmp_path)
+    done = run_cli("local", "up", "--port", str(up.port), env=author_env(), cwd=tmp_path)
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()
     assert line.startswith("broker local up: ")
@@ -227,7 +210,7 @@ def test_deploy_refuses_before_any_call(
 ) -> None:
     env = author_env(**({"AWS_ENDPOINT_URL": endpoint} if endpoint else {}))
     started = time.monotonic()
-    done = _run("local", "deploy", *args, env=env, cwd=tmp_path)
+    done = run_cli("local", "deploy", *args, env=env, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("broker local deploy: ")
@@ -238,7 +221,7 @@ def test_deploy_refuses_before_any_call(
 
 def test_start_refuses_input_that_is_not_json(tmp_path: Path) -> None:
     env = author_env(AWS_ENDPOINT_URL=_CLOSED)
-    done = _run("local", "start", "orders", "{id: 7}", "--wait", env=env, cwd=tmp_path)
+    done = run_cli("local", "start", "orders", "{id: 7}", "--wait", env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith("broker local start: INPUT is not JSON")
     # The LocalStack alias is the same command.
@@ -260,7 +243,7 @@ def test_start_refuses_input_that_is_not_json(tmp_path: Path) -> None:
 )
 def test_no_emulator_is_said_at_once(command: list[str], tmp_path: Path) -> None:
     started = time.monotonic()
-    done = _run("local", *command, env=author_env(AWS_ENDPOINT_URL=_CLOSED), cwd=tmp_path)
+    done = run_cli("local", *command, env=author_env(AWS_ENDPOINT_URL=_CLOSED), cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith(f"broker local {command[0]}: no emulator answers at {_CLOSED}")
     assert time.monotonic() - started < 5  # not after botocore's retries
@@ -271,7 +254,7 @@ def test_up_without_moto_says_how_to_install_it(tmp_path: Path) -> None:
     (tmp_path / "moto").mkdir()
     (tmp_path / "moto" / "__init__.py").write_text("raise ImportError('no moto here')\n")
     env = author_env(PYTHONPATH=str(tmp_path))
-    done = _run("local", "up", "--port", str(_free_port()), env=env, cwd=tmp_path)
+    done = run_cli("local", "up", "--port", str(free_port()), env=env, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "broker local up: the embedded AWS emulator needs moto: "
@@ -281,7 +264,7 @@ def test_up_without_moto_says_how_to_install_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["up", "env", "deploy", "start", "inbox"])
 def test_every_command_has_a_description_and_an_example(command: str, tmp_path: Path) -> None:
-    done = _run("local", command, "--help", env=author_env(), cwd=tmp_path)
+    done = run_cli("local", command, "--help", env=author_env(), cwd=tmp_path)
     assert done.returncode == 0
     usage, description, *_ = done.stdout.split("\n\n")
     assert usage.startswith(f"usage: broker local {command}")
@@ -291,7 +274,9 @@ def test_every_command_has_a_description_and_an_example(command: str, tmp_path: 
 
 def test_the_seed_preset_on_moto_serves_the_seed_flows(up: Up, tmp_path: Path) -> None:
     env = author_env(AWS_ENDPOINT_URL=up.endpoint)
-    deployed = _run("local", "deploy", "--preset", "seeds", "--prefix", "p", env=env, cwd=tmp_path)
+    deployed = run_cli(
+        "local", "deploy", "--preset", "seeds", "--prefix", "p", env=env, cwd=tmp_path
+    )
     assert deployed.returncode == 0, deployed.stderr
     exported = _exported(deployed.stdout)
     handlers = json.loads(exported["BROKER_HANDLERS"])
@@ -306,11 +291,11 @@ def test_the_seed_preset_on_moto_serves_the_seed_flows(up: Up, tmp_path: Path) -
     # moto cannot serve an activity: none is deployed, none is configured.
     assert "BROKER_ACTIVITIES" not in exported
     assert "moto has no GetActivityTask" in deployed.stderr
-    refused = _run("local", "deploy", "--activity", "review", env=env, cwd=tmp_path)
+    refused = run_cli("local", "deploy", "--activity", "review", env=env, cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.strip().endswith("deploy activities on LocalStack")
     # The preset's flows run with the seed handlers, as the demo's do.
-    decision_port = str(_free_port())
+    decision_port = str(free_port())
     serve = exported | {
         "BROKER_DECISION_PORT": decision_port,
         "BROKER_DECISION_BASE_URL": f"http://127.0.0.1:{decision_port}",

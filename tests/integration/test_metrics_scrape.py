@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,8 @@ from broker import __version__
 from broker.local.executions import start_executions, wait_for_executions
 from broker.local.flows import SeedFlows
 from broker.local.moto import EmbeddedAws
-from tests.cli import clean_env
+from tests.cli import clean_env, free_port
 from tests.observing import samples, value
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _scrape(port: int) -> bytes:
@@ -36,7 +29,7 @@ def _scrape(port: int) -> bytes:
 def test_a_running_broker_exposes_the_conventional_series(
     aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = clean_env(
         **aws.env(),
         BROKER_QUEUES=(
