@@ -562,6 +562,7 @@ class StubServer:
             return _error(StubError("SerializationException", "body is not JSON"))
         if state.faults.active and state.faults.applies(op):
             return self._faulty(service, op, operation, params)
+        state.tokens.request_at = state.loop.time()
         try:
             result = operation(params)
         except StubError as exc:
@@ -575,8 +576,10 @@ class StubServer:
     ) -> Response:
         state = self.state
         delay = state.delay_s()
+        asked_at = state.loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+            state.tokens.sleep_lag_ms.append((state.loop.time() - asked_at - delay) * 1000)
         kind = state.draw_fault(op)
         if kind == "throttle":
             return _error(throttling_error(service))
@@ -584,6 +587,7 @@ class StubServer:
             return _error(internal_error(service))
         if kind == "drop_before":
             raise _Drop
+        state.tokens.request_at = asked_at
         try:
             result = operation(params)
             if not isinstance(result, dict):

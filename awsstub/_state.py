@@ -14,6 +14,7 @@ import itertools
 import math
 import random
 import secrets
+import statistics
 import time
 import uuid
 from collections import deque
@@ -111,6 +112,7 @@ class Message:
         "sent_ms",
         "seq",
         "state",
+        "token",
     )
 
     def __init__(
@@ -126,6 +128,8 @@ class Message:
         self.first_receive_ms: int | None = None
         self.receive_count = 0
         self.available_at = available_at
+        #: The task token the message carries, when the stub minted it (latency parts).
+        self.token: str | None = None
         self.state = DELETED  # set by Queue._move right after
         # Bumped on every state change: heap and ready-list entries of an older
         # generation are stale and skipped, which makes removal O(1).
@@ -242,6 +246,7 @@ class Queue:
         self.messages[msg.seq] = msg
         self.sent += 1
         if token is not None:
+            msg.token = token
             self.state.tokens.open(token, available_at)
         if delay_s > 0:
             self.schedule(msg, available_at, DELAYED)
@@ -269,6 +274,8 @@ class Queue:
                 self.redelivered += 1
             if msg.first_receive_ms is None:
                 msg.first_receive_ms = int(time.time() * 1000)
+                if msg.token is not None:
+                    self.state.tokens.taken(msg.token, now)
             self.schedule(msg, now + visibility_s, IN_FLIGHT)
             taken.append(msg)
         return taken
@@ -343,7 +350,16 @@ def handle_of(msg: Message) -> str:
 
 
 class TaskRecord:
-    __slots__ = ("available_at", "cause", "completions", "error", "heartbeats", "output", "status")
+    __slots__ = (
+        "available_at",
+        "cause",
+        "completions",
+        "error",
+        "heartbeats",
+        "output",
+        "status",
+        "taken_at",
+    )
 
     def __init__(self, available_at: float | None) -> None:
         self.status = "open"
@@ -353,6 +369,8 @@ class TaskRecord:
         self.completions = 0
         self.heartbeats = 0
         self.available_at = available_at
+        #: When a ReceiveMessage first took the message that carries the token.
+        self.taken_at: float | None = None
 
 
 class Tokens:
@@ -368,6 +386,14 @@ class Tokens:
         self.unknown = 0
         self.heartbeats = 0
         self.latencies_ms: list[float] = []
+        #: Per closed token, the parts of its latency (ms): in the queue until a receive
+        #: took it, from there until its completion call reached the stub (the response's
+        #: way back, the consumer, the request's way here), and that call's own time.
+        self.parts_ms: list[tuple[float, float, float]] = []
+        #: When the request being handled now reached the stub (set by the server).
+        self.request_at: float | None = None
+        #: How late the stub's injected-latency sleeps woke up (ms): its own loop's lag.
+        self.sleep_lag_ms: list[float] = []
         self._sorted: list[float] = []
         self.idle = asyncio.Event()
         self.idle.set()
@@ -375,7 +401,14 @@ class Tokens:
     def reset_counts(self) -> None:
         self.succeeded = self.failed = self.duplicates = self.unknown = self.heartbeats = 0
         self.latencies_ms = []
+        self.parts_ms = []
+        self.sleep_lag_ms = []
         self._sorted = []
+
+    def taken(self, token: str, now: float) -> None:
+        record = self.records.get(token)
+        if record is not None and record.taken_at is None:
+            record.taken_at = now
 
     def open(self, token: str, available_at: float | None) -> None:
         if token in self.records:
@@ -406,7 +439,17 @@ class Tokens:
         else:
             self.failed += 1
         if record.available_at is not None:
-            self.latencies_ms.append((self.loop.time() - record.available_at) * 1000)
+            now = self.loop.time()
+            self.latencies_ms.append((now - record.available_at) * 1000)
+            asked_at, taken_at = self.request_at, record.taken_at
+            if asked_at is not None and taken_at is not None:
+                self.parts_ms.append(
+                    (
+                        (taken_at - record.available_at) * 1000,
+                        (asked_at - taken_at) * 1000,
+                        (now - asked_at) * 1000,
+                    )
+                )
         if self.open_count == 0:
             self.idle.set()
 
@@ -461,6 +504,33 @@ class Tokens:
             "p90": rank(0.90),
             "p99": rank(0.99),
             "max": round(ordered[-1], 3),
+        }
+
+    def latency_parts(self) -> dict[str, Any]:
+        """Where the latency went: each part's median over every closed token and over
+        the slowest 1 %, and how late the stub's own injected-latency sleeps woke."""
+        parts = self.parts_ms
+        if not parts:
+            return {}
+        names = ("queue", "consumer", "call")
+        slowest = sorted(parts, key=sum)[-max(1, len(parts) // 100) :]
+
+        def medians(rows: list[tuple[float, float, float]]) -> dict[str, float]:
+            return {
+                name: round(statistics.median(row[i] for row in rows), 3)
+                for i, name in enumerate(names)
+            }
+
+        lags = sorted(self.sleep_lag_ms)
+
+        def lag_rank(q: float) -> float:
+            return round(lags[min(len(lags) - 1, math.ceil(q * len(lags)) - 1)], 3) if lags else 0.0
+
+        return {
+            "count": len(parts),
+            "all": medians(parts),
+            "slowest_1pct": medians(slowest),
+            "stub_sleep_lag": {"p50": lag_rank(0.5), "p99": lag_rank(0.99), "max": lag_rank(1.0)},
         }
 
     def stats(self) -> dict[str, int]:
@@ -664,6 +734,7 @@ class StubState:
             "tasks": self.tokens.stats(),
             "queues": {name: queue.stats() for name, queue in self.queues.items()},
             "latency_ms": self.tokens.latency(),
+            "latency_parts_ms": self.tokens.latency_parts(),
             "quotas": self.quotas.stats(),
         }
 

@@ -142,6 +142,8 @@ class Run:
     warmup: int = 0
     rate_per_s: float | None = None
     calls: dict[str, int] = field(default_factory=dict)
+    #: Where the latency went (the stub's ``latency_parts_ms``: queue, consumer, call).
+    latency_parts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_s(self) -> float:
@@ -153,6 +155,21 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         return {**asdict(self), "per_s": self.per_s, "cpu_ms_per_task": self.cpu_ms_per_task}
+
+
+def describe_parts(parts: dict[str, Any]) -> str:
+    """One line: the medians of the latency's parts, overall and over the slowest 1 %."""
+    if not parts:
+        return "not measured"
+
+    def row(medians: dict[str, float]) -> str:
+        return " + ".join(f"{name} {medians[name]:.1f}" for name in ("queue", "consumer", "call"))
+
+    lag = parts["stub_sleep_lag"]
+    return (
+        f"median {row(parts['all'])} ms; slowest 1 % {row(parts['slowest_1pct'])} ms; "
+        f"stub sleeps late p99 {lag['p99']:.1f} max {lag['max']:.1f} ms"
+    )
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -257,6 +274,7 @@ def run_one(
         warmup=warmup,
         rate_per_s=rate_per_s,
         calls=stats["calls"],
+        latency_parts=stats.get("latency_parts_ms") or {},
     )
 
 
@@ -519,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{CALLS_ON_LATENCY_PATH * 20} ms)",
                     flush=True,
                 )
+                print(f"  where it went: {describe_parts(run.latency_parts)}", flush=True)
         result["arrival"] = arrival
 
         growth = []

@@ -371,6 +371,29 @@ async def test_drops_before_lose_the_call_and_drops_after_keep_its_effect(
     assert (await control.stats())["tasks"]["duplicates"] == 1
 
 
+async def test_latency_parts_say_where_the_time_went(
+    sqs: Any, sfn: Any, control: AsyncControl
+) -> None:
+    await control.add_tasks("q", count=1)
+    url = (await sqs.get_queue_url(QueueName="q"))["QueueUrl"]
+    await control.set_faults(latency_ms=150, apis=["SendTaskSuccess"])
+    await asyncio.sleep(0.2)  # in the queue
+    (message,) = await receive(sqs, url)
+    await asyncio.sleep(0.1)  # with the consumer
+    await sfn.send_task_success(taskToken=json.loads(message["Body"])["taskToken"], output="{}")
+    parts = (await control.stats())["latency_parts_ms"]
+    assert parts["count"] == 1
+    queue_ms, consumer_ms, call_ms = (parts["all"][k] for k in ("queue", "consumer", "call"))
+    assert 195 <= queue_ms < 400
+    assert 95 <= consumer_ms < 300
+    assert 145 <= call_ms < 350, "the injected latency is the call's own part"
+    assert parts["slowest_1pct"] == parts["all"]
+    lag = parts["stub_sleep_lag"]
+    assert 0 <= lag["p50"] <= lag["max"] < 100
+    await control.reset_stats()
+    assert (await control.stats())["latency_parts_ms"] == {}
+
+
 async def test_injected_latency_does_not_hold_up_other_calls(
     sqs: Any, sfn: Any, control: AsyncControl
 ) -> None:
