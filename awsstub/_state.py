@@ -35,6 +35,10 @@ MAX_OUTPUT_BYTES = 262_144
 MAX_ERROR_CHARS = 256
 MAX_CAUSE_CHARS = 32_768
 MAX_TOKEN_CHARS = 2048
+#: How far ahead a timed arrival schedule starts (see ``StubState.add_tasks``): queueing
+#: one prepared message takes a few microseconds.
+ARRIVAL_LEAD_S = 0.05
+ARRIVAL_LEAD_PER_MESSAGE_S = 10e-6
 
 # Message states; the first three index Queue.counts.
 DELAYED, VISIBLE, IN_FLIGHT, DELETED = 0, 1, 2, 3
@@ -240,19 +244,30 @@ class Queue:
         delay_s: float = 0.0,
         token: str | None = None,
     ) -> Message:
-        now = self.state.loop.time()
-        available_at = now + delay_s
-        msg = Message(self.state.new_seq(), body, message_attributes, available_at)
+        msg = self.prepare(body, message_attributes, token)
+        self.enqueue(msg, delay_s)
+        return msg
+
+    def prepare(
+        self, body: str, message_attributes: dict[str, Any] | None, token: str | None
+    ) -> Message:
+        """A message not yet in the queue (the costly part of ``add``: ids and MD5)."""
+        msg = Message(self.state.new_seq(), body, message_attributes, 0.0)
+        msg.token = token
+        return msg
+
+    def enqueue(self, msg: Message, delay_s: float) -> None:
+        """Put a prepared message in the queue, visible after ``delay_s``."""
+        available_at = self.state.loop.time() + delay_s
+        msg.available_at = available_at
         self.messages[msg.seq] = msg
         self.sent += 1
-        if token is not None:
-            msg.token = token
-            self.state.tokens.open(token, available_at)
+        if msg.token is not None:
+            self.state.tokens.open(msg.token, available_at)
         if delay_s > 0:
             self.schedule(msg, available_at, DELAYED)
         else:
             self.make_visible(msg)
-        return msg
 
     def take(self, limit: int, visibility_s: int, now: float) -> list[Message]:
         self.promote(now)
@@ -686,12 +701,26 @@ class StubState:
         rate_per_s: float | None,
         token_chars: int = 256,
     ) -> int:
-        for i in range(count):
+        prepared = []
+        for _ in range(count):
             token = _mint_token(token_chars)
             body = orjson.dumps({"taskToken": token, "type": message_type, "input": task_input})
-            delay = i / rate_per_s if rate_per_s else 0.0
-            queue.add(body.decode(), None, delay, token)
+            prepared.append(queue.prepare(body.decode(), None, token))
+        if not rate_per_s:
+            for msg in prepared:
+                queue.enqueue(msg, 0.0)
+            return count
+        # Minting thousands of tokens blocks this loop for a tenth of a second or more;
+        # arrivals timed from before that would count the stub's own work as latency.
+        # So the schedule starts on the next turn of the loop (a fresh clock), a little
+        # ahead, so that queueing the messages is done before the first one is due.
+        self.loop.call_soon(self._schedule_arrivals, queue, prepared, rate_per_s)
         return count
+
+    def _schedule_arrivals(self, queue: Queue, prepared: list[Message], rate_per_s: float) -> None:
+        lead_s = ARRIVAL_LEAD_S + ARRIVAL_LEAD_PER_MESSAGE_S * len(prepared)
+        for i, msg in enumerate(prepared):
+            queue.enqueue(msg, lead_s + i / rate_per_s)
 
     # -- operation counting and faults ----------------------------------------------
 
