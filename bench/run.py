@@ -16,7 +16,8 @@ excluded).  Contenders run alternately (the order rotates each round) so that th
 of a shared 2-core machine hits all alike; figures are medians over rounds.
 
 Also measured: the floor (CPU per bare SendTaskSuccess of each SDK on the same stub),
-the latency at a fixed arrival rate (half the broker's capacity at 20 ms), and the
+the latency at a fixed arrival rate (half the broker's capacity at 20 ms; one run per
+contender each round, medians over rounds, with the machine's steal during each), and the
 broker's growth curve (1k, 10k, and with --full 100k tasks).  Results: a table on
 stdout, JSON and a PNG chart under bench/results/.
 """
@@ -144,6 +145,8 @@ class Run:
     calls: dict[str, int] = field(default_factory=dict)
     #: Where the latency went (the stub's ``latency_parts_ms``: queue, consumer, call).
     latency_parts: dict[str, Any] = field(default_factory=dict)
+    #: The machine's CPU time the hypervisor gave to other guests during the run (%).
+    steal_pct: float = 0.0
 
     @property
     def per_s(self) -> float:
@@ -170,6 +173,12 @@ def describe_parts(parts: dict[str, Any]) -> str:
         f"median {row(parts['all'])} ms; slowest 1 % {row(parts['slowest_1pct'])} ms; "
         f"stub sleeps late p99 {lag['p99']:.1f} max {lag['max']:.1f} ms"
     )
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far (``/proc/stat``)."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return values[7], sum(values)
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -249,9 +258,11 @@ def run_one(
             control.reset_stats()
         control.add_tasks(QUEUE, count=tasks, type="callback", rate_per_s=rate_per_s)
         cpu0, stub0, wall0 = proc_cpu_s(process.pid), proc_cpu_s(stub.pid), time.perf_counter()
+        steal0, ticks0 = machine_cpu_ticks()
         expected_s = tasks / (rate_per_s or min_rate_per_s)
         closed = control.wait_closed(timeout_s=expected_s + 60)
         wall = time.perf_counter() - wall0
+        steal1, ticks1 = machine_cpu_ticks()
         cpu, stub_cpu = proc_cpu_s(process.pid) - cpu0, proc_cpu_s(stub.pid) - stub0
         rss = proc_peak_rss_mb(process.pid)
         stats = control.stats()
@@ -275,6 +286,7 @@ def run_one(
         rate_per_s=rate_per_s,
         calls=stats["calls"],
         latency_parts=stats.get("latency_parts_ms") or {},
+        steal_pct=100 * (steal1 - steal0) / max(1, ticks1 - ticks0),
     )
 
 
@@ -324,6 +336,29 @@ def median_runs(runs: Sequence[Run]) -> dict[str, Any]:
         "unknown_tokens": sum(r.unknown_tokens for r in runs),
         "incomplete": sum(r.tasks - r.completed for r in runs),
     }
+
+
+def arrival_rows(runs: list[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per contender, the median over rounds of each latency figure, and every run's p99."""
+    rows = []
+    for name in names:
+        mine = [r for r in runs if r["contender"] == name]
+        if not mine:
+            continue
+        rows.append(
+            {
+                "contender": name,
+                "rounds": len(mine),
+                "rate_per_s": mine[0]["rate_per_s"],
+                **{
+                    f"{q}_ms": statistics.median(r["latency"][q] for r in mine)
+                    for q in ("p50", "p90", "p99", "max")
+                },
+                "p99_runs_ms": [r["latency"]["p99"] for r in mine],
+                "steal_pct_runs": [round(r["steal_pct"], 1) for r in mine],
+            }
+        )
+    return rows
 
 
 def table(rows: list[dict[str, Any]], floor_ms: dict[str, float], settings: dict[str, str]) -> str:
@@ -499,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"round {round_no + 1} {c.name:<24} {latency:>4g} ms {run.tasks:>7} tasks "
                         f"{run.per_s:>8,.0f}/s {run.cpu_ms_per_task:6.2f} CPU ms/task "
-                        f"p99 {run.latency['p99']:,.0f} ms dup {run.duplicates}",
+                        f"p99 {run.latency['p99']:,.0f} ms dup {run.duplicates} "
+                        f"steal {run.steal_pct:.1f} %",
                         flush=True,
                     )
         rows = [
@@ -521,23 +557,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if base and not args.no_arrival:
             rate = round(base["per_s"] / 2)
-            for name in ("broker default", "broker tuned", "sqs-consumer tuned"):
-                run = run_one(
-                    stub,
-                    by_name[name],
-                    20,
-                    int(rate * target_s),
-                    rate_per_s=rate,
-                    warmup=warmups.get((name, 20.0), 200),
-                )
-                arrival.append(run.summary())
+            names = ["broker default", "broker tuned", "sqs-consumer tuned"]
+            # Rounds as for throughput: one run's p99 is a handful of stalls, and a
+            # stall is as often the machine (its hypervisor's steal) as the contender.
+            for round_no in range(rounds):
+                for name in names[round_no % 3 :] + names[: round_no % 3]:
+                    run = run_one(
+                        stub,
+                        by_name[name],
+                        20,
+                        int(rate * target_s),
+                        rate_per_s=rate,
+                        warmup=warmups.get((name, 20.0), 200),
+                    )
+                    arrival.append(run.summary())
+                    print(
+                        f"arrival {rate}/s round {round_no + 1} {name:<22} "
+                        f"p50 {run.latency['p50']:.1f} ms p90 {run.latency['p90']:.1f} ms "
+                        f"p99 {run.latency['p99']:.1f} ms (latency on the path "
+                        f"{CALLS_ON_LATENCY_PATH * 20} ms; steal {run.steal_pct:.1f} %)",
+                        flush=True,
+                    )
+                    print(f"  where it went: {describe_parts(run.latency_parts)}", flush=True)
+            result["arrival_rows"] = arrival_rows(arrival, names)
+            for row in result["arrival_rows"]:
                 print(
-                    f"arrival {rate}/s {name:<22} p50 {run.latency['p50']:.1f} ms "
-                    f"p99 {run.latency['p99']:.1f} ms (latency on the path "
-                    f"{CALLS_ON_LATENCY_PATH * 20} ms)",
+                    f"arrival median of {row['rounds']} {row['contender']:<22} "
+                    f"p50 {row['p50_ms']:.1f} p90 {row['p90_ms']:.1f} p99 {row['p99_ms']:.1f} ms "
+                    f"(p99 of each run: {', '.join(f'{v:.1f}' for v in row['p99_runs_ms'])})",
                     flush=True,
                 )
-                print(f"  where it went: {describe_parts(run.latency_parts)}", flush=True)
         result["arrival"] = arrival
 
         growth = []
