@@ -3,7 +3,7 @@
 # The same steps run outside Docker: python -m venv /opt/broker && pip install .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY broker ./broker
 COPY handlers ./handlers
 RUN python -m venv /opt/broker \

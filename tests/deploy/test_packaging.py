@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.parser
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,6 +17,8 @@ from setuptools import find_packages
 import broker
 
 ROOT: Final = Path(__file__).resolve().parents[2]
+#: What building the wheel reads: the project file, the files it names, the packages.
+BUILD_INPUTS: Final = ("pyproject.toml", "README.md", "LICENSE", "broker", "handlers")
 
 
 def pyproject() -> dict[str, Any]:
@@ -43,9 +46,20 @@ def test_the_wheel_builds_without_deprecation_warnings_and_carries_its_metadata(
 ) -> None:
     # What `pip install .` does first, in pip's isolated build environment (the setuptools
     # that build-system names, from the registry); -v shows the build backend's own output,
-    # where setuptools prints its deprecation warnings.
+    # where setuptools prints its deprecation warnings.  From a copy of what the build
+    # reads: setuptools builds in the source tree and would leave build/ in the clone.
+    source = tmp_path / "source"
+    had_build_dir = (ROOT / "build").exists()
+    for name in BUILD_INPUTS:
+        if (ROOT / name).is_dir():
+            shutil.copytree(
+                ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -61,7 +75,8 @@ def test_the_wheel_builds_without_deprecation_warnings_and_carries_its_metadata(
         info = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
         metadata = email.parser.Parser().parsestr(archive.read(info).decode())
         entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
-        tops = {name.split("/", 1)[0] for name in archive.namelist()}
+        names = archive.namelist()
+    tops = {name.split("/", 1)[0] for name in names}
     assert metadata["Name"] == "sfn-callback-broker"
     assert metadata["Version"] == broker.__version__
     assert metadata["License-Expression"] == "Apache-2.0"
@@ -69,3 +84,7 @@ def test_the_wheel_builds_without_deprecation_warnings_and_carries_its_metadata(
     assert set(metadata.get_all("Provides-Extra") or ()) >= {"local", "fast", "otel"}
     assert "[console_scripts]\nbroker = broker.cli:main" in entry_points
     assert {"broker", "handlers"} <= tops
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+    if not had_build_dir:
+        assert not (ROOT / "build").exists(), "the build wrote into the source tree"
