@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Final
+from typing import Final
 
 from broker.local.commands import add_local_commands, run_local
 from broker.local.deploy import deploy_seeds
-from broker.local.endpoint import AwsEndpoint, EndpointClients
-from broker.local.env import endpoint_env
-from broker.local.target import DEFAULT_LOCALSTACK, localstack_endpoint, localstack_health
+from broker.local.endpoint import AwsEndpoint
+from broker.local.target import (
+    DEFAULT_LOCALSTACK,
+    EmulatorAws,
+    localstack_endpoint,
+    localstack_health,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -36,27 +40,13 @@ _CREDENTIALS: Final = "test"  # LocalStack accepts any credentials
 _PREFIX: Final = "local"
 
 
-class LocalStackAws:
-    """An ``AwsEndpoint`` for a LocalStack that is already running."""
+class LocalStackAws(EmulatorAws):
+    """An ``AwsEndpoint`` for a LocalStack that is already running, at the address given
+    (the LocalStack suite takes ``LOCALSTACK_ENDPOINT`` as it is; ``broker local`` uses
+    ``LoopbackAws``, which refuses one off loopback)."""
 
     def __init__(self, endpoint_url: str, *, region: str = "us-east-1") -> None:
-        self._endpoint_url = endpoint_url
-        self._region = region
-        self._clients = EndpointClients(_CREDENTIALS)
-
-    @property
-    def region(self) -> str:
-        return self._region
-
-    @property
-    def endpoint_url(self) -> str:
-        return self._endpoint_url
-
-    def env(self) -> dict[str, str]:
-        return endpoint_env(self._endpoint_url, region=self._region, credentials=_CREDENTIALS)
-
-    def client(self, service: str) -> Any:
-        return self._clients.create(service, region=self._region, endpoint_url=self._endpoint_url)
+        super().__init__(endpoint_url, region=region, credentials=_CREDENTIALS)
 
 
 def deploy_all(aws: AwsEndpoint) -> dict[str, str]:

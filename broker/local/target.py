@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_LOCALSTACK",
     "DEFAULT_PORT",
     "DEFAULT_REGION",
+    "EmulatorAws",
     "LocalEndpointError",
     "LoopbackAws",
     "emulator_kind",
@@ -114,11 +115,11 @@ def emulator_kind(endpoint: str) -> Kind:
         return "other"
 
 
-class LoopbackAws:
-    """An ``AwsEndpoint`` for any emulator on loopback, with dummy credentials."""
+class EmulatorAws:
+    """An ``AwsEndpoint`` for an emulator already running, with dummy credentials."""
 
     def __init__(self, endpoint_url: str, *, region: str, credentials: str = "test") -> None:
-        self._endpoint_url = loopback_endpoint(endpoint_url)
+        self._endpoint_url = endpoint_url
         self._region = region
         self._credentials = credentials
         self._clients = EndpointClients(credentials)
@@ -136,6 +137,13 @@ class LoopbackAws:
 
     def client(self, service: str) -> Any:
         return self._clients.create(service, region=self._region, endpoint_url=self._endpoint_url)
+
+
+class LoopbackAws(EmulatorAws):
+    """``EmulatorAws`` that refuses, before any call, an endpoint not on loopback."""
+
+    def __init__(self, endpoint_url: str, *, region: str, credentials: str = "test") -> None:
+        super().__init__(loopback_endpoint(endpoint_url), region=region, credentials=credentials)
 
 
 def shell_lines(env: Mapping[str, str]) -> list[str]:
