@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import platform
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +14,7 @@ from broker.local.executions import start_executions, wait_for_executions
 from broker.local.flows import SeedFlows
 from broker.local.moto import EmbeddedAws
 from tests.cli import clean_env, free_port
+from tests.localstack.broker_process import broker_process
 from tests.observing import samples, value
 
 
@@ -41,15 +40,7 @@ def test_a_running_broker_exposes_the_conventional_series(
         BROKER_HTTP_PORT=str(port),
         BROKER_HTTP_HOST="127.0.0.1",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with broker_process(env, tmp_path) as broker:
         arns = start_executions(
             aws,
             seed_flows.state_machines["callback"],
@@ -60,12 +51,9 @@ def test_a_running_broker_exposes_the_conventional_series(
         assert [r.status for r in results.values()] == ["SUCCEEDED"] * 3
         time.sleep(1.5)  # one more idle long poll (1 s) has returned
         found = samples(_scrape(port))
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, stderr
+        broker.process.send_signal(signal.SIGTERM)
+        broker.process.wait(timeout=30)
+    assert broker.process.returncode == 0, broker.log
     assert value(found, "process_cpu_seconds_total") > 0
     assert value(found, "process_resident_memory_bytes") > 0
     assert ("python_info", frozenset()) not in found  # it has labels
