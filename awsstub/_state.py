@@ -509,15 +509,11 @@ class Tokens:
         ordered = self._sorted
         if not ordered:
             return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-
-        def rank(q: float) -> float:
-            return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 3)
-
         return {
             "count": len(ordered),
-            "p50": rank(0.50),
-            "p90": rank(0.90),
-            "p99": rank(0.99),
+            "p50": _rank(ordered, 0.50),
+            "p90": _rank(ordered, 0.90),
+            "p99": _rank(ordered, 0.99),
             "max": round(ordered[-1], 3),
         }
 
@@ -536,16 +532,16 @@ class Tokens:
                 for i, name in enumerate(names)
             }
 
-        lags = sorted(self.sleep_lag_ms)
-
-        def lag_rank(q: float) -> float:
-            return round(lags[min(len(lags) - 1, math.ceil(q * len(lags)) - 1)], 3) if lags else 0.0
-
+        lags = sorted(self.sleep_lag_ms) or [0.0]
         return {
             "count": len(parts),
             "all": medians(parts),
             "slowest_1pct": medians(slowest),
-            "stub_sleep_lag": {"p50": lag_rank(0.5), "p99": lag_rank(0.99), "max": lag_rank(1.0)},
+            "stub_sleep_lag": {
+                "p50": _rank(lags, 0.5),
+                "p99": _rank(lags, 0.99),
+                "max": round(lags[-1], 3),
+            },
         }
 
     def stats(self) -> dict[str, int]:
@@ -766,6 +762,11 @@ class StubState:
             "latency_parts_ms": self.tokens.latency_parts(),
             "quotas": self.quotas.stats(),
         }
+
+
+def _rank(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of a sorted, non-empty list (nearest rank), rounded to 1 µs."""
+    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 3)
 
 
 def _mint_token(chars: int) -> str:
