@@ -9,9 +9,12 @@ once")::
     another run holds a live lease    nothing runs                   Busy(left_s)
     the table cannot be asked         nothing runs (fail closed)     Busy(error)
 
-While the handler's coroutine is alive its claim is renewed (every third of the lease),
-so a run that outlives its timeout and the lease's margin (a handler ignoring
-cancellation) still holds it: no copy elsewhere starts a second run meanwhile.
+While the run is awaited its claim is renewed (every third of the lease), so a run that
+outlives its timeout and the lease's margin (a handler ignoring cancellation) still
+holds it: no copy elsewhere starts a second run meanwhile.  The route given to the run
+wraps the handler to tell when its coroutine really ends: should the source stop
+waiting for it while it goes on (its verdict a ``Retry``), that verdict is recorded as
+final instead of released, since nothing would renew the claim once this call returns.
 
 Recorded before the source sends anything: ``Succeeded`` (its output encoded as it will
 be sent), ``Failed``, ``Closed``, ``Deferred``, and the failures that are not retried:
