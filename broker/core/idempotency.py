@@ -5,8 +5,9 @@ speaks DynamoDB (through ``aws.protocols.DynamoApi``).  One item per task::
 
     id           S  SHA-256 hex of the task token (never the token itself)
     state        S  "in_progress" or "done"
-    claim        S  a random id of the one run that holds the claim
-    lease_until  N  epoch seconds: an in-progress claim past it is free to take
+    claim        S  a random id of the one run that holds the claim (or recorded it)
+    lease_until  N  epoch seconds (to the millisecond): an in-progress claim past it is
+                    free to take; renewed while the run is alive
     expires_at   N  epoch seconds, the table's TTL attribute; an item past it is absent
     type         S  the message type (for a person reading the table)
     verdict      S  done items: "succeeded", "failed", "closed" or "deferred"
@@ -16,10 +17,17 @@ speaks DynamoDB (through ``aws.protocols.DynamoApi``).  One item per task::
 
 Calls: a claim is one PutItem, conditioned on the item being absent, expired, or an
 in-progress claim whose lease ran out; a refused claim reads the item (GetItem,
-strongly consistent) to learn whether to replay a verdict or wait.  The verdict is one
-UpdateItem conditioned on still holding the claim; a release (the handler asked for a
-retry) one DeleteItem on the same condition.  DynamoDB's TTL deletes expired items
+strongly consistent) to learn whether to replay a verdict or wait.  While the run is
+alive its lease is renewed (UpdateItem, conditioned on still holding the claim in
+progress).  The verdict is one UpdateItem conditioned on holding the claim, or on
+nobody holding a live one (the lease lapsed and no run took it, or the run that took
+it gave it back); a release (the handler asked for a retry) one DeleteItem
+conditioned on holding the claim in progress.  DynamoDB's TTL deletes expired items
 within days, not at once: every condition and read checks ``expires_at`` itself.
+
+One notion of time: each call reads the clock once, and the number it sends as
+``:now`` is the one its read of the item compares with (to the millisecond), so a
+claim refused by the condition is never found free by the read that follows.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias, assert_never
 
 from broker.aws.errors import error_code, error_name
@@ -65,6 +73,11 @@ _NAMES: Final = {
 _FREE_TO_CLAIM: Final = (
     "attribute_not_exists(#id) OR #exp < :now OR (#state = :in_progress AND #lease < :now)"
 )
+#: A verdict is recorded by the run holding the claim, or by a run whose lease lapsed
+#: while nobody took the task over (then it takes the claim back as it records).
+_MAY_RECORD: Final = "#claim = :claim OR " + _FREE_TO_CLAIM
+#: Attempts of a claim (or a record) that the item changed under: put, read, put again.
+_ATTEMPTS: Final = 3
 
 #: What a verdict is recorded as: only these are final (``Retry`` releases the claim).
 Recorded: TypeAlias = Succeeded | Failed | Closed | Deferred
@@ -85,6 +98,9 @@ class Claim:
     key: str
     claim_id: str
     lease_until: float
+    #: The claim was taken from a run whose lease had lapsed (a dead replica's, or
+    #: one that could not renew): that run may have made its side effect.
+    took_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +123,13 @@ def token_key(token: str) -> str:
 
 
 def _n(value: float) -> dict[str, str]:
+    """Whole epoch seconds (the TTL attribute: DynamoDB's TTL reads whole seconds)."""
     return {"N": str(int(value))}
+
+
+def _instant(value: float) -> dict[str, str]:
+    """Epoch seconds to the millisecond, as ``_now`` reads the clock."""
+    return {"N": f"{value:.3f}"}
 
 
 class IdempotencyStore:
@@ -131,51 +153,88 @@ class IdempotencyStore:
     async def claim(self, token: str, message_type: str, lease_s: float) -> Claim | Replay | Held:
         """Claim the task for one run of its handler, or say who has it."""
         key = token_key(token)
-        for _ in range(3):  # a claim released between our PutItem and GetItem: try again
-            now = self._clock()
+        for _ in range(_ATTEMPTS):
+            now = self._now()
             claim = Claim(key, uuid.uuid4().hex, now + lease_s)
             item = {
                 KEY_ATTRIBUTE: {"S": key},
                 "state": {"S": _IN_PROGRESS},
                 "claim": {"S": claim.claim_id},
-                "lease_until": _n(claim.lease_until + 1),
+                "lease_until": _instant(claim.lease_until),
                 TTL_ATTRIBUTE: _n(now + self._ttl_s),
                 "type": {"S": message_type},
             }
             try:
-                await self._call(
+                answer = await self._call(
                     self._dynamo.put_item,
                     TableName=self.table,
                     Item=item,
                     ConditionExpression=_FREE_TO_CLAIM,
                     ExpressionAttributeNames=_NAMES,
                     ExpressionAttributeValues={
-                        ":now": _n(now),
+                        ":now": _instant(now),
                         ":in_progress": {"S": _IN_PROGRESS},
                     },
+                    ReturnValues="ALL_OLD",
                 )
             except _Refused:
-                found = await self._read(key)
+                found = await self._read(key, now)
                 if found is not None:
                     return found
-                continue
+                continue  # changed between the PutItem and the GetItem: claim again
+            old = answer.get("Attributes") or {}
+            if old.get("state", {}).get("S") == _IN_PROGRESS and not _expired(old, now):
+                return replace(claim, took_over=True)
             return claim
-        raise StoreUnavailable("ClaimContended")
+        # The item changed under every attempt (claims released as fast as made): busy,
+        # not broken; the copy comes back within a second.
+        return Held(0.0)
+
+    async def renew(self, claim: Claim, lease_s: float) -> Claim | None:
+        """Extend the lease of a run still alive; None once the claim is not its own
+        in progress any more (recorded, released, or taken over)."""
+        now = self._now()
+        renewed = replace(claim, lease_until=now + lease_s)
+        try:
+            await self._call(
+                self._dynamo.update_item,
+                TableName=self.table,
+                Key={KEY_ATTRIBUTE: {"S": claim.key}},
+                # The record outlives the run too, however long the run lives.
+                UpdateExpression="SET #lease = :lease, #exp = :exp",
+                ConditionExpression="#claim = :claim AND #state = :in_progress",
+                ExpressionAttributeNames={
+                    "#lease": "lease_until",
+                    "#exp": TTL_ATTRIBUTE,
+                    "#claim": "claim",
+                    "#state": "state",
+                },
+                ExpressionAttributeValues={
+                    ":lease": _instant(renewed.lease_until),
+                    ":exp": _n(now + self._ttl_s),
+                    ":claim": {"S": claim.claim_id},
+                    ":in_progress": {"S": _IN_PROGRESS},
+                },
+            )
+        except _Refused:
+            return None
+        return renewed
 
     async def record(self, claim: Claim, verdict: Recorded) -> bool:
-        """Record the verdict of the run holding ``claim``; False if it lost the claim."""
+        """Record the verdict of the run holding ``claim`` (or whose lease lapsed with
+        nobody taking it); False if another run holds or recorded it (``find`` says)."""
+        now = self._now()
         values: dict[str, Any] = {
             ":claim": {"S": claim.claim_id},
             ":done": {"S": _DONE},
-            ":exp": _n(self._clock() + self._ttl_s),
+            ":exp": _n(now + self._ttl_s),
+            ":now": _instant(now),
+            ":in_progress": {"S": _IN_PROGRESS},
         }
-        sets = ["#state = :done", "#exp = :exp"]
-        names = {
-            "#state": "state",
-            "#exp": TTL_ATTRIBUTE,
-            "#claim": "claim",
-            "#lease": "lease_until",
-        }
+        # The claim is written back: a run whose claim was taken from it must find
+        # this verdict, not overwrite it with its own.
+        sets = ["#state = :done", "#exp = :exp", "#claim = :claim"]
+        names = dict(_NAMES) | {"#claim": "claim"}
         for name, value in _verdict_attributes(verdict).items():
             names[f"#{name}"] = name
             values[f":{name}"] = {"S": value}
@@ -186,13 +245,17 @@ class IdempotencyStore:
                 TableName=self.table,
                 Key={KEY_ATTRIBUTE: {"S": claim.key}},
                 UpdateExpression="SET " + ", ".join(sets) + " REMOVE #lease",
-                ConditionExpression="#claim = :claim",
+                ConditionExpression=_MAY_RECORD,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
         except _Refused:
             return False
         return True
+
+    async def find(self, token: str) -> Replay | Held | None:
+        """What holds the task now: a recorded verdict, a live claim, or nothing."""
+        return await self._read(token_key(token), self._now())
 
     async def release(self, claim: Claim) -> None:
         """Give the claim up (the handler asked for a retry): the next copy may claim."""
@@ -210,7 +273,12 @@ class IdempotencyStore:
                 },
             )
 
-    async def _read(self, key: str) -> Replay | Held | None:
+    def _now(self) -> float:
+        # To the millisecond, as sent: the conditions and the reads compare one number.
+        return round(self._clock(), 3)
+
+    async def _read(self, key: str, now: float) -> Replay | Held | None:
+        """The item as a condition evaluated at ``now`` saw it (None: free to claim)."""
         answer = await self._call(
             self._dynamo.get_item,
             TableName=self.table,
@@ -218,8 +286,7 @@ class IdempotencyStore:
             ConsistentRead=True,
         )
         item: Mapping[str, Any] | None = answer.get("Item")
-        now = self._clock()
-        if item is None or _number(item, TTL_ATTRIBUTE) < now:
+        if item is None or _expired(item, now):
             return None
         state = item.get("state", {}).get("S")
         if state == _DONE:
@@ -242,6 +309,10 @@ class IdempotencyStore:
 
 class _Refused(Exception):
     """A conditional write refused: the item is not in the state the write needs."""
+
+
+def _expired(item: Mapping[str, Any], now: float) -> bool:
+    return _number(item, TTL_ATTRIBUTE) < now
 
 
 def _number(item: Mapping[str, Any], name: str) -> float:

@@ -185,7 +185,8 @@ class Step:
         if route.options.notify and self._notify is not None:
             task._notify = self._notify
         if route.options.idempotent and self._once is not None:
-            return await self._once.run(route, token, lambda: self._timed(route, task, alongside))
+            # The route given back wraps the handler: the claim follows its coroutine.
+            return await self._once.run(route, token, lambda run: self._timed(run, task, alongside))
         return await self._timed(route, task, alongside)
 
     async def _timed(

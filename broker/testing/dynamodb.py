@@ -7,7 +7,9 @@ are the subset the broker writes: comparisons (``=``, ``<>``, ``<``, ``<=``, ``>
 ``>=``) of ``#name`` / ``:value`` operands, ``attribute_exists`` /
 ``attribute_not_exists``, ``AND``, ``OR``, ``NOT`` and parentheses; updates of the form
 ``SET #a = :v, … REMOVE #b, …``.  Anything else raises ``ValidationException``, so a
-new expression in the broker cannot pass against the fake by accident.
+new expression in the broker cannot pass against the fake by accident; so does an
+``ExpressionAttributeNames`` / ``ExpressionAttributeValues`` entry no expression uses,
+as on DynamoDB.  ``PutItem`` returns the item it replaced with ``ReturnValues="ALL_OLD"``.
 """
 
 from __future__ import annotations
@@ -64,9 +66,13 @@ class FakeDynamoDb(Faults):
             table = self._table(params["TableName"])
             item: _Item = copy.deepcopy(params["Item"])
             key = self._key_of(table, item)
-            self._check(table.items.get(key), params)
+            old = table.items.get(key)
+            self._check(old, params)
             table.items[key] = item
-            return {}
+            return_values = params.get("ReturnValues", "NONE")
+            if return_values not in ("NONE", "ALL_OLD"):
+                raise client_error("ValidationException", f"ReturnValues {return_values}")
+            return {"Attributes": old} if old is not None and return_values == "ALL_OLD" else {}
 
     async def get_item(self, **params: Any) -> Mapping[str, Any]:
         async with self._call("get_item"):
@@ -157,6 +163,7 @@ class FakeDynamoDb(Faults):
 
     @staticmethod
     def _check(item: _Item | None, params: Mapping[str, Any]) -> None:
+        _all_used(params)
         expression = params.get("ConditionExpression")
         if expression is None:
             return
@@ -167,6 +174,23 @@ class FakeDynamoDb(Faults):
         ).holds(item or {})
         if not holds:
             raise client_error("ConditionalCheckFailedException", "The conditional request failed")
+
+
+def _all_used(params: Mapping[str, Any]) -> None:
+    """DynamoDB refuses a name or value placeholder that no expression uses."""
+    used = {
+        token
+        for expression in (params.get("ConditionExpression"), params.get("UpdateExpression"))
+        if expression
+        for token in re.findall(r"[#:][A-Za-z0-9_]+", expression)
+    }
+    for given in ("ExpressionAttributeNames", "ExpressionAttributeValues"):
+        unused = sorted(set(params.get(given, {})) - used)
+        if unused:
+            raise client_error(
+                "ValidationException",
+                f"Value provided in {given} unused in expressions: keys: {{{', '.join(unused)}}}",
+            )
 
 
 def _invalid(why: str) -> Exception:

@@ -2,7 +2,11 @@
 each run appends a ``start`` line when it begins and an ``effect`` line (the side
 effect) just before it returns, to the file named by ``IDEM_TEST_EFFECTS`` (``O_APPEND``:
 one ``write`` per line, so lines of two processes never interleave).  A line holds the
-token's hash (never the token), the execution's case and the process id."""
+token's hash (never the token), the execution's case and the process id.
+
+``slow-charge`` ignores its timeout's cancellation and runs ``IDEM_TEST_RUN_S`` seconds,
+past its claim's lease; ``IDEM_TEST_LEASE_MARGIN_S`` shortens the lease's 30 s margin so
+that such a run takes seconds, not a minute.  ``declined`` fails ``NonRetryable``."""
 
 from __future__ import annotations
 
@@ -13,7 +17,11 @@ from typing import Any
 
 import anyio
 
-from broker import Router, Task
+from broker import NonRetryable, Router, Task
+from broker.core import once
+
+if "IDEM_TEST_LEASE_MARGIN_S" in os.environ:
+    setattr(once, "LEASE_MARGIN_S", float(os.environ["IDEM_TEST_LEASE_MARGIN_S"]))  # noqa: B010
 
 router = Router()
 
@@ -35,3 +43,24 @@ async def charge(task: Task[dict[str, Any]]) -> dict[str, Any]:
     await anyio.sleep(random.uniform(0.05, 0.3))
     _append("effect", task)
     return {"charged": task.payload.get("case")}
+
+
+@router.handler(
+    "slow-charge", idempotent=True, timeout_s=float(os.environ.get("IDEM_TEST_TIMEOUT_S", "1"))
+)
+async def slow_charge(task: Task[dict[str, Any]]) -> dict[str, Any]:
+    _append("start", task)
+    with anyio.CancelScope(shield=True):  # deaf to its timeout
+        await anyio.sleep(float(os.environ.get("IDEM_TEST_RUN_S", "8")))
+    _append("effect", task)
+    return {"charged": task.payload.get("case")}
+
+
+class CardDeclined(NonRetryable, Exception):
+    """A failure a retry cannot mend."""
+
+
+@router.handler("declined", idempotent=True, timeout_s=10)
+async def declined(task: Task[dict[str, Any]]) -> None:
+    _append("start", task)
+    raise CardDeclined("insufficient funds")

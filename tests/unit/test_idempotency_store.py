@@ -198,3 +198,113 @@ async def test_the_fake_refuses_expressions_it_does_not_know() -> None:
             ExpressionAttributeNames={"#id": "id"},
             ExpressionAttributeValues={":p": {"S": "k"}},
         )
+
+
+@pytest.mark.parametrize("after_s", [0.001, 0.25, 0.5, 0.75, 0.999, 1.0, 1.5])
+async def test_a_claim_just_after_the_lease_ended_takes_the_task(after_s: float) -> None:
+    # In the second after a lease ends the condition (whole seconds, once) and the read
+    # (fractional) disagreed: the claim failed three times as "ClaimContended".
+    dynamo, clock = FakeDynamoDb(), Clock(1_800_000_000.4)
+    store = store_on(dynamo, clock)
+    crashed = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(crashed, Claim)
+    clock.now = crashed.lease_until + after_s
+    taken = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(taken, Claim)
+    assert taken.took_over
+    # Until the lease's end the task is held, to the millisecond.
+    clock.now = taken.lease_until - 0.002
+    held = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(held, Held)
+    assert 0 <= held.left_s < 0.01
+
+
+async def test_a_claim_the_item_changes_under_every_time_is_busy_not_unavailable() -> None:
+    dynamo, clock = FakeDynamoDb(), Clock()
+    store = store_on(dynamo, clock)
+    assert isinstance(await store.claim(TOKEN, "charge", lease_s=90), Claim)
+    # Each refused PutItem's read finds the task free (released meanwhile).
+    real_get = dynamo.get_item
+
+    async def get_free(**params: object) -> dict[str, object]:
+        await real_get(**params)
+        return {}
+
+    dynamo.get_item = get_free  # type: ignore[method-assign]
+    contended = await store.claim(TOKEN, "charge", lease_s=90)
+    assert contended == Held(0.0)
+    assert dynamo.calls["put_item"] == 1 + 3
+
+
+async def test_a_renewed_lease_holds_past_its_first_end_and_renewal_stops_once_settled() -> None:
+    dynamo, clock = FakeDynamoDb(), Clock()
+    store = store_on(dynamo, clock)
+    claim = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(claim, Claim)
+    assert not claim.took_over
+    clock.now += 60
+    renewed = await store.renew(claim, lease_s=90)
+    assert renewed is not None
+    assert renewed.lease_until == pytest.approx(clock.now + 90)
+    clock.now += 60  # past the first lease, inside the renewed one
+    held = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(held, Held)
+    assert held.left_s == pytest.approx(30, abs=0.01)
+    assert await store.record(claim, Closed())
+    assert await store.renew(claim, lease_s=90) is None  # done: nothing to renew
+
+
+async def test_a_lapsed_claim_cannot_be_renewed_once_taken_and_its_verdict_is_refused() -> None:
+    dynamo, clock = FakeDynamoDb(), Clock()
+    store = store_on(dynamo, clock)
+    first = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(first, Claim)
+    clock.now += 91
+    second = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(second, Claim)
+    assert await store.renew(first, lease_s=90) is None
+    assert await store.record(first, Closed()) is False
+    assert isinstance(await store.find(TOKEN), Held)
+    assert await store.record(second, Failed("Bad", "declined"))
+    assert await store.find(TOKEN) == Replay(Failed("Bad", "declined"))
+    # The first run finds the second's verdict, and cannot overwrite it.
+    assert await store.record(first, Closed()) is False
+
+
+async def test_a_lapsed_claim_nobody_took_still_records_and_owns_the_verdict() -> None:
+    dynamo, clock = FakeDynamoDb(), Clock()
+    store = store_on(dynamo, clock)
+    first = await store.claim(TOKEN, "charge", lease_s=90)
+    assert isinstance(first, Claim)
+    clock.now += 120
+    assert await store.record(first, Closed())
+    # And after a release by a run that took it over, too.
+    clock.now += 1
+    other = await store.claim("other", "charge", lease_s=90)
+    assert isinstance(other, Claim)
+    clock.now += 91
+    taken = await store.claim("other", "charge", lease_s=90)
+    assert isinstance(taken, Claim)
+    await store.release(taken)
+    assert await store.record(other, Deferred("to a person"))
+    assert await store.find("other") == Replay(Deferred("to a person"))
+
+
+async def test_the_fake_refuses_a_placeholder_no_expression_uses() -> None:
+    dynamo = FakeDynamoDb()
+    dynamo.add_table(TABLE)
+    with pytest.raises(ClientError, match="unused in expressions"):
+        await dynamo.put_item(
+            TableName=TABLE,
+            Item={"id": {"S": "k"}},
+            ConditionExpression="attribute_not_exists(#id)",
+            ExpressionAttributeNames={"#id": "id", "#lease": "lease_until"},
+        )
+    with pytest.raises(ClientError, match="unused in expressions"):
+        await dynamo.update_item(
+            TableName=TABLE,
+            Key={"id": {"S": "k"}},
+            UpdateExpression="SET #a = :a",
+            ExpressionAttributeNames={"#a": "a"},
+            ExpressionAttributeValues={":a": {"S": "x"}, ":b": {"S": "y"}},
+        )
