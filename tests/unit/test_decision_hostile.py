@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from datetime import UTC, datetime
 
 import aiohttp
 import anyio
 import pytest
 
+from broker.core.completer import Confirmation
 from broker.decisions.endpoint import DECISION_LIMITS, SECURITY_HEADERS
+from broker.decisions.links import Action, DecisionLink
+from broker.decisions.memory import Settled
 from broker.testing import FakeSfn, client_error
 from tests.hostile import start_slow_bodies
 
@@ -268,3 +272,31 @@ async def test_slow_bodies_at_the_cap_leave_the_endpoint_answering(sfn: FakeSfn,
         assert token not in sfn.outcomes
         # They were served (and sent away) rather than left at the door.
         assert int(opened) > clients
+
+
+def test_the_memory_is_bounded_by_the_links_expiry_and_its_size() -> None:
+    now = [1_000_000.0]
+    settled = Settled(max_entries=100, clock=lambda: now[0])
+
+    def link(i: int, ttl_s: float, action: Action = "approve") -> DecisionLink:
+        expires = datetime.fromtimestamp(now[0] + ttl_s, UTC)
+        return DecisionLink(f"token-{i}", action, expires, output={})
+
+    short = [link(i, 10) for i in range(50)]
+    for one in short:
+        settled.learn(one, Confirmation.CONFIRMED)
+    assert settled.recall(link(0, 10, "reject")) is Confirmation.TASK_CLOSED  # the sibling
+    settled.learn(link(50, 10), Confirmation.UNCONFIRMED)  # not final: not remembered
+    assert settled.recall(link(50, 10)) is None
+    refused = link(51, 10)
+    settled.learn(refused, Confirmation.INVALID_OUTPUT)  # this link only
+    assert settled.recall(refused) is Confirmation.INVALID_OUTPUT
+    assert settled.recall(link(51, 10, "reject")) is None
+    now[0] += 11  # the short links expired: dropped as new ones come
+    for i in range(1000, 1300):
+        settled.learn(link(i, 3600), Confirmation.TASK_CLOSED)
+        assert len(settled) <= 100
+    assert settled.recall(short[0]) is None
+    assert settled.recall(link(1299, 3600)) is Confirmation.TASK_CLOSED
+    assert settled.recall(link(1000, 3600)) is None  # the oldest went first
+    assert "token-" not in repr(vars(settled))  # digests, not tokens
