@@ -161,6 +161,8 @@ class Answer:
     action: str = "none"
     #: Why, for the log: a refusal's reason, the confirmation.
     reason: str = ""
+    #: Decided without a call of its own (the replica's memory, or a concurrent call).
+    known: bool = False
 
     @property
     def http_status(self) -> int:
@@ -192,6 +194,8 @@ class Decisions:
         self._deadline_s = deadline_s
         self._monotonic = monotonic
         self._unopened = LogBudget(UNOPENED_LOG_BURST, UNOPENED_LOG_WINDOW_S)
+        #: Replays answered from memory are as cheap to send in a loop: the same budget.
+        self._known = LogBudget(UNOPENED_LOG_BURST, UNOPENED_LOG_WINDOW_S)
         self.settled = Settled(clock=clock)
         self.flights = Flights()
 
@@ -231,12 +235,13 @@ class Decisions:
         reason = confirmation.value + (", known" if known else "")
         if confirmation is Confirmation.CONFIRMED:
             done = DecisionStatus.APPROVED if link.action == "approve" else DecisionStatus.REJECTED
-            return self._plain(done, link, reason)
-        if confirmation is Confirmation.TASK_CLOSED:
-            return self._plain(DecisionStatus.ALREADY_DECIDED, link, reason)
-        if confirmation is Confirmation.INVALID_OUTPUT:
-            return self._plain(DecisionStatus.FAILED, link, reason)
-        return self._plain(DecisionStatus.UNCONFIRMED, link, reason)
+        elif confirmation is Confirmation.TASK_CLOSED:
+            done = DecisionStatus.ALREADY_DECIDED
+        elif confirmation is Confirmation.INVALID_OUTPUT:
+            done = DecisionStatus.FAILED
+        else:
+            done = DecisionStatus.UNCONFIRMED
+        return Answer(done, answer_page(done), link.action, reason, known)
 
     async def _decide(self, link: DecisionLink) -> Confirmation:
         if link.action == "approve":
@@ -253,17 +258,19 @@ class Decisions:
         self._stats.decisions[(answer.action, answer.status.value)] += 1
         if answer.status is DecisionStatus.NOT_FOUND:
             return  # not a link: counted only, so that scans cannot flood the log
-        if link is None and not self._unopened.allow(self._monotonic()):
-            return  # garbage sent in a loop: counted, and summed up in the next line logged
+        budget = self._unopened if link is None else self._known if answer.known else None
+        if budget is not None and not budget.allow(self._monotonic()):
+            return  # garbage or replays sent in a loop: counted, and summed up later
         ref = token_ref(link.token) if link is not None else None
-        more = self._unopened.take_dropped() if link is None else 0
+        more = budget.take_dropped() if budget is not None else 0
+        unlogged = "unopened" if link is None else "answered from memory"
         log.log(
             logging.WARNING if answer.status is DecisionStatus.UNCONFIRMED else logging.INFO,
             "decision link %s: %s%s (%s)",
             answer.action,
             answer.status.value,
             f" ({answer.reason})" if answer.reason else "",
-            (ref or "no token") + (f"; {more} more unopened since" if more else ""),
+            (ref or "no token") + (f"; {more} more {unlogged} since" if more else ""),
             extra={
                 "event": "decision",
                 "action": answer.action,

@@ -7,6 +7,7 @@ SendTask* quota.  Bounded: a few hundred loopback connections for a few seconds.
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import anyio
 import pytest
 
 from broker.core.completer import Confirmation
+from broker.decisions.decide import UNOPENED_LOG_BURST
 from broker.decisions.endpoint import DECISION_LIMITS, SECURITY_HEADERS
 from broker.decisions.links import Action, DecisionLink
 from broker.decisions.memory import Settled
@@ -63,6 +65,23 @@ async def test_replaying_a_decided_link_makes_no_call(sfn: FakeSfn) -> None:
         assert statuses == [409] * (2 * STORM)
         assert completions(sfn) == 1  # the decision itself, and nothing for the replays
         assert sfn.outcomes[token].status == "success"
+
+
+async def test_replays_answered_from_memory_do_not_flood_the_log(
+    sfn: FakeSfn, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with started(sfn) as running:
+        _, links = await running.task()
+        assert (await running.call("POST", links.approve_url))[0] == 200
+        caplog.set_level(logging.INFO, logger="broker.decision")
+        caplog.clear()
+        await storm(running, links.approve_url)
+        events = [r for r in caplog.records if getattr(r, "event", None) == "decision"]
+        assert len(events) == UNOPENED_LOG_BURST  # the rest counted, summed up later
+        assert {r.__dict__["reason"] for r in events} == {"task_closed, known"}
+        metrics = running.tb.broker.health.metrics().decode()
+        counted = 'broker_decisions_total{action="approve",status="already_decided"}'
+        assert f"{counted} {float(STORM)}" in metrics
 
 
 async def test_a_task_closed_elsewhere_costs_one_call_per_replica(sfn: FakeSfn) -> None:
