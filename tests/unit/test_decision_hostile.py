@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import statistics
 import time
 from datetime import UTC, datetime
+from typing import cast
 
 import aiohttp
 import anyio
@@ -21,6 +23,7 @@ from broker.decisions.decide import UNOPENED_LOG_BURST
 from broker.decisions.endpoint import DECISION_LIMITS, SECURITY_HEADERS
 from broker.decisions.links import Action, DecisionLink
 from broker.decisions.memory import Settled
+from broker.observability.connections import Connection, Lane
 from broker.testing import FakeSfn, client_error
 from tests.hostile import start_slow_bodies
 
@@ -319,3 +322,37 @@ def test_the_memory_is_bounded_by_the_links_expiry_and_its_size() -> None:
     assert settled.recall(link(1299, 3600)) is Confirmation.TASK_CLOSED
     assert settled.recall(link(1000, 3600)) is None  # the oldest went first
     assert "token-" not in repr(vars(settled))  # digests, not tokens
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_at_the_cap_a_connection_waiting_for_its_body_is_evicted_the_oldest_first() -> None:
+    """A busy connection is kept, unless its handler waits for the client's body."""
+    lane = Lane(2)
+    now = time.monotonic()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        old, older = (
+            Connection(pair[0], lane, opened=now - age, idle_since=now - age, busy=1)
+            for pair, age in zip(pairs, (1.0, 2.0), strict=True)
+        )
+        transports = {old: _Transport(), older: _Transport()}
+        for connection in (older, old):  # the lane's order: idle the longest first
+            connection.transport = cast(asyncio.Transport, transports[connection])
+            lane.open[connection] = None
+        assert not lane.make_room(now)  # both handling a request: the newcomer goes
+        old.waiting = older.waiting = 1  # both reading a body that does not come
+        assert lane.make_room(now)
+        assert transports[older].aborted
+        assert not transports[old].aborted
+        assert list(lane.open) == [old]
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
