@@ -153,8 +153,9 @@ def run_approval_scenario(aws: AwsEndpoint, flows: SeedFlows, cwd: Path) -> None
         assert http("POST", approved["approve_url"]).status == 409
         assert http("POST", rejected["approve_url"]).status == 409
         # Both emulators answer SendTaskFailure for a closed task with 200 (and change
-        # nothing), where AWS answers TaskTimedOut: the broker, keeping no state, cannot
-        # tell, so only the execution's state is checked here.
+        # nothing), where AWS answers TaskTimedOut; a broker that decided the task
+        # answers 409 from memory, another replica asks: only the execution's state is
+        # checked here.
         sibling = http("POST", approved["reject_url"])
         assert sibling.status in (200, 409), sibling
         assert _status(aws, arns[0]) == "SUCCEEDED"

@@ -1,4 +1,4 @@
-"""Hostile HTTP clients on loopback, for the tests of the broker's probe port.
+"""Hostile HTTP clients on loopback, for the tests of the broker's listeners.
 
 Bounded in count and time.  The flood runs as its own process (``python -m
 tests.hostile flood ...``) so that its CPU is not the broker's, and not the prober's.
@@ -120,7 +120,67 @@ async def _flood(port: int, clients: int, seconds: float, path: str) -> int:
     return answered
 
 
+def start_slow_bodies(port: int, clients: int, seconds: float, path: str) -> subprocess.Popen[str]:
+    """``clients`` connections held open for ``seconds``, each a POST head announcing
+    4,000 bytes of body and sending 2; one closed by the server is opened again half a
+    second later.
+
+    The process prints the number of connections it opened when done.
+    """
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.hostile",
+            "slow",
+            str(port),
+            str(clients),
+            str(seconds),
+            path,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def _slow_bodies(port: int, clients: int, seconds: float, path: str) -> int:
+    opened = 0
+    deadline = time.monotonic() + seconds
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: slow\r\nContent-Type: application/x-www-form-urlencoded"
+        "\r\nContent-Length: 4000\r\n\r\nab"
+    ).encode()
+
+    async def client() -> None:
+        nonlocal opened
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), 5
+                )
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            opened += 1
+            try:
+                writer.write(head)
+                # Never another byte: wait until the server gives up on us.
+                await asyncio.wait_for(reader.read(), left)
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                writer.close()
+            await asyncio.sleep(0.5)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return opened
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "flood":
         port, clients, seconds, path = sys.argv[2:6]
         print(asyncio.run(_flood(int(port), int(clients), float(seconds), path)))
+    elif sys.argv[1] == "slow":
+        port, clients, seconds, path = sys.argv[2:6]
+        print(asyncio.run(_slow_bodies(int(port), int(clients), float(seconds), path)))

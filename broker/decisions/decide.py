@@ -13,7 +13,13 @@ The endpoint (``decisions.endpoint``) and ``TestBroker.decide`` both call
                                     cause)
     ... the task already closed     (answered TaskTimedOut)   409 already decided
     ... not confirmed after retries -                         503 not recorded, try again
+    ... refused by ``admit``        -                         403 cross-site, 408, 413
+    ... known closed (``memory``)   -                         409 already decided
     another method                  -                         405
+
+A POST is checked by the caller's ``admit`` (the endpoint: the request's origin and its
+body) only once its link opened and is still valid, and decided through ``Flights``: one
+call per token at a time, and none for a link this replica knows decided (``Settled``).
 
 Each answer is counted (``broker_decisions_total{action,status}``) and logged once on
 ``broker.decision`` with the token's ``token_ref``: never the token, never the link.
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,11 +40,12 @@ import orjson
 
 from broker.core.completer import Completer, Confirmation
 from broker.decisions.links import DecisionLink, LinkCodec, LinkRefused
+from broker.decisions.memory import Flights, Settled
 from broker.decisions.pages import confirm_page, message_page
 from broker.observability.redact import token_ref
 from broker.observability.stats import Stats
 
-__all__ = ["Answer", "DecisionStatus", "Decisions"]
+__all__ = ["Admit", "Answer", "DecisionStatus", "Decisions"]
 
 log = logging.getLogger("broker.decision")
 
@@ -61,6 +68,8 @@ class DecisionStatus(StrEnum):
     TOO_LARGE = "too_large"
     NOT_FOUND = "not_found"
     FAILED = "failed"
+    CROSS_SITE = "cross_site"
+    INCOMPLETE = "incomplete"
 
 
 _HTTP: Final = {
@@ -75,6 +84,8 @@ _HTTP: Final = {
     DecisionStatus.TOO_LARGE: 413,
     DecisionStatus.NOT_FOUND: 404,
     DecisionStatus.FAILED: 500,
+    DecisionStatus.CROSS_SITE: 403,
+    DecisionStatus.INCOMPLETE: 408,
 }
 
 _TEXTS: Final = {
@@ -97,7 +108,19 @@ _TEXTS: Final = {
         "Not recorded",
         "Step Functions refused this decision; it cannot be recorded.",
     ),
+    DecisionStatus.CROSS_SITE: (
+        "Not decided: the request came from another site",
+        "Decisions are made only with the button on the link's own page. Open the link "
+        "from your mail and press the button there.",
+    ),
+    DecisionStatus.INCOMPLETE: (
+        "Request incomplete",
+        "The request did not arrive whole in time; nothing was decided. Please try again.",
+    ),
 }
+
+#: Called for a POST once its link opened and is valid: a refusal, or None to decide.
+Admit = Callable[[], Awaitable[DecisionStatus | None]]
 
 
 #: Requests that opened no link (forged, garbage, other methods) are logged at most this
@@ -138,6 +161,8 @@ class Answer:
     action: str = "none"
     #: Why, for the log: a refusal's reason, the confirmation.
     reason: str = ""
+    #: Decided without a call of its own (the replica's memory, or a concurrent call).
+    known: bool = False
 
     @property
     def http_status(self) -> int:
@@ -169,9 +194,16 @@ class Decisions:
         self._deadline_s = deadline_s
         self._monotonic = monotonic
         self._unopened = LogBudget(UNOPENED_LOG_BURST, UNOPENED_LOG_WINDOW_S)
+        #: Replays answered from memory are as cheap to send in a loop: the same budget.
+        self._known = LogBudget(UNOPENED_LOG_BURST, UNOPENED_LOG_WINDOW_S)
+        self.settled = Settled(clock=clock)
+        self.flights = Flights()
 
-    async def answer(self, method: str, blob: str) -> Answer:
-        """The answer to ``method`` on the link ``blob``, counted and logged."""
+    async def answer(self, method: str, blob: str, *, admit: Admit | None = None) -> Answer:
+        """The answer to ``method`` on the link ``blob``, counted and logged.
+
+        ``admit`` runs for a POST whose link opened and is valid, before it decides:
+        nothing of the request beyond its line is looked at for a link that does not."""
         link: DecisionLink | None = None
         if method not in ("GET", "HEAD", "POST"):
             answer = Answer(
@@ -184,26 +216,32 @@ class Decisions:
                 refusal = DecisionStatus.REFUSED
                 answer = Answer(refusal, answer_page(refusal), reason=refused.reason)
             else:
-                answer = await self._answer_link(method, link)
+                answer = await self._answer_link(method, link, admit)
         self.record(answer, link)
         return answer
 
-    async def _answer_link(self, method: str, link: DecisionLink) -> Answer:
+    async def _answer_link(self, method: str, link: DecisionLink, admit: Admit | None) -> Answer:
         if self.codec.expired(link):
             return self._plain(DecisionStatus.EXPIRED, link)
         if method != "POST":
             return Answer(DecisionStatus.VIEWED, confirm_page(link), link.action)
-        confirmation = Confirmation.UNCONFIRMED
+        if admit is not None and (refusal := await admit()) is not None:
+            return self._plain(refusal, link)
+        confirmation, known = Confirmation.UNCONFIRMED, False
         with anyio.move_on_after(self._deadline_s):
-            confirmation = await self._decide(link)
+            confirmation, known = await self.flights.once(
+                link, self.settled, lambda: self._decide(link)
+            )
+        reason = confirmation.value + (", known" if known else "")
         if confirmation is Confirmation.CONFIRMED:
             done = DecisionStatus.APPROVED if link.action == "approve" else DecisionStatus.REJECTED
-            return self._plain(done, link, confirmation.value)
-        if confirmation is Confirmation.TASK_CLOSED:
-            return self._plain(DecisionStatus.ALREADY_DECIDED, link, confirmation.value)
-        if confirmation is Confirmation.INVALID_OUTPUT:
-            return self._plain(DecisionStatus.FAILED, link, confirmation.value)
-        return self._plain(DecisionStatus.UNCONFIRMED, link, confirmation.value)
+        elif confirmation is Confirmation.TASK_CLOSED:
+            done = DecisionStatus.ALREADY_DECIDED
+        elif confirmation is Confirmation.INVALID_OUTPUT:
+            done = DecisionStatus.FAILED
+        else:
+            done = DecisionStatus.UNCONFIRMED
+        return Answer(done, answer_page(done), link.action, reason, known)
 
     async def _decide(self, link: DecisionLink) -> Confirmation:
         if link.action == "approve":
@@ -220,17 +258,19 @@ class Decisions:
         self._stats.decisions[(answer.action, answer.status.value)] += 1
         if answer.status is DecisionStatus.NOT_FOUND:
             return  # not a link: counted only, so that scans cannot flood the log
-        if link is None and not self._unopened.allow(self._monotonic()):
-            return  # garbage sent in a loop: counted, and summed up in the next line logged
+        budget = self._unopened if link is None else self._known if answer.known else None
+        if budget is not None and not budget.allow(self._monotonic()):
+            return  # garbage or replays sent in a loop: counted, and summed up later
         ref = token_ref(link.token) if link is not None else None
-        more = self._unopened.take_dropped() if link is None else 0
+        more = budget.take_dropped() if budget is not None else 0
+        unlogged = "unopened" if link is None else "answered from memory"
         log.log(
             logging.WARNING if answer.status is DecisionStatus.UNCONFIRMED else logging.INFO,
             "decision link %s: %s%s (%s)",
             answer.action,
             answer.status.value,
             f" ({answer.reason})" if answer.reason else "",
-            (ref or "no token") + (f"; {more} more unopened since" if more else ""),
+            (ref or "no token") + (f"; {more} more {unlogged} since" if more else ""),
             extra={
                 "event": "decision",
                 "action": answer.action,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -172,6 +173,9 @@ class LinkCodec:
         self._keys = keys
         self._prefix = f"{base_url.rstrip('/')}/decisions/"
         self._clock = clock
+        parts = urlsplit(base_url)
+        #: What a browser sends as ``Origin`` from the links' own pages.
+        self.origin = f"{parts.scheme}://{parts.netloc}".lower() if parts.netloc else ""
 
     def make(self, link: DecisionLink) -> str:
         """The link's URL.  ``ValueError`` if it carries more than a link may."""

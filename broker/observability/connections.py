@@ -12,6 +12,9 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -28,6 +31,8 @@ __all__ = [
     "ListenerLimits",
     "Warnings",
     "connection_cap",
+    "serving",
+    "waiting_for_client",
 ]
 
 log = logging.getLogger("broker.http")
@@ -85,8 +90,11 @@ class Connection:
     #: Since when it waits for a request: its accept, or the end of its last request.
     idle_since: float
     transport: asyncio.Transport | None = None
-    #: Requests being handled now: a busy connection is never evicted.
+    #: Requests being handled now: a busy connection is never evicted...
     busy: int = 0
+    #: ...unless its handler waits for the client (a request body on its way): a slow
+    #: sender is evicted like an idle connection, so slow bodies can't fill the cap.
+    waiting: int = 0
 
     @property
     def closed(self) -> bool:
@@ -120,7 +128,8 @@ class Lane:
         for connection in self.open:
             if connection.idle_since > old_enough:
                 return False  # ordered by idle_since: the rest are younger still
-            if not connection.busy and connection.transport is not None:
+            evictable = not connection.busy or connection.waiting
+            if evictable and connection.transport is not None:
                 del self.open[connection]
                 connection.abort()
                 return True
@@ -146,6 +155,26 @@ class Lane:
         for connection in self.open:
             connection.abort()
         self.open.clear()
+
+
+#: The connection whose request the current task handles, set by the listener around
+#: each handler (aiohttp runs every request in a task of its own).
+serving: ContextVar[Connection | None] = ContextVar("broker_http_serving", default=None)
+
+
+@contextmanager
+def waiting_for_client() -> Iterator[None]:
+    """Inside it, the current request's connection waits for its client (reading the
+    body): at the cap it may be evicted, the one idle the longest first."""
+    connection = serving.get()
+    if connection is None:
+        yield
+        return
+    connection.waiting += 1
+    try:
+        yield
+    finally:
+        connection.waiting -= 1
 
 
 @dataclass(slots=True)

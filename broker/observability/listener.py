@@ -21,7 +21,8 @@ the broker, so a listener:
   timer, which it arms at connect), ``handler_timeout_s`` per request and
   ``max_connection_s`` in all; header and body sizes are bounded.
 
-``aiohttp`` does the HTTP: parsing, HEAD, 404 and 405.
+``aiohttp`` does the HTTP: parsing, HEAD, 404 and 405.  Every answer, aiohttp's own
+included, carries the listener's ``headers`` (``broker.observability.answers``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Literal
 
 import anyio
@@ -39,6 +40,7 @@ import anyio.lowlevel
 from aiohttp import web
 from anyio.abc import TaskGroup, TaskStatus
 
+from broker.observability.answers import answer_headers
 from broker.observability.connections import (
     EVICT_AFTER_S,
     ClientErrorFilter,
@@ -47,6 +49,7 @@ from broker.observability.connections import (
     ListenerLimits,
     Warnings,
     connection_cap,
+    serving,
 )
 
 __all__ = ["serve_routes"]
@@ -84,11 +87,13 @@ async def serve_routes(
     *,
     limits: ListenerLimits,
     priority_paths: Iterable[str] = (),
+    headers: Mapping[str, str] | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` on ``host:port`` until cancelled; reports the bound port.
 
     GET and HEAD requests for ``priority_paths`` get connection slots of their own.
+    Every response carries ``headers``, aiohttp's own answers (400, 431, ...) included.
 
     Binding raises ``OSError`` (the caller names the setting); once started, nothing a
     client does raises out of here: failures are logged and the listener goes on.
@@ -96,8 +101,9 @@ async def serve_routes(
     sockets = _bind(host, port, limits.backlog)
     try:
         listener = _Listener(name, limits, priority_paths)
+        app = listener.application(routes)
         runner = web.AppRunner(
-            listener.application(routes),
+            app,
             handle_signals=False,
             access_log=None,
             logger=listener.client_errors,
@@ -111,6 +117,8 @@ async def serve_routes(
             shutdown_timeout=_SHUTDOWN_S,
         )
         await runner.setup()
+        assert runner.server is not None  # set by setup()
+        answer_headers(runner.server, app, headers or {}, keep_alive=limits.keep_alive)
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -196,9 +204,6 @@ class _Listener:
     def application(self, routes: Iterable[web.AbstractRouteDef]) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.limits.max_body_bytes)
         app.add_routes(routes)
-        app.on_response_prepare.append(_plain_server_header)
-        if not self.limits.keep_alive:
-            app.on_response_prepare.append(_close_after)
         return app
 
     @web.middleware
@@ -208,6 +213,7 @@ class _Listener:
         connection = self._by_transport.get(request.transport)  # type: ignore[arg-type]
         if connection is not None:
             connection.busy += 1
+        serving.set(connection)  # this request's own task: for waiting_for_client()
         try:
             async with asyncio.timeout(self.limits.handler_timeout_s):
                 return await handler(request)
@@ -382,12 +388,3 @@ class _Listener:
         for lane in (self._normal, self._priority):
             lane.abort_all()
         self._by_transport.clear()
-
-
-async def _close_after(request: web.Request, response: web.StreamResponse) -> None:
-    response.force_close()
-    response.headers["Connection"] = "close"  # aiohttp closes, this tells the client
-
-
-async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "broker"  # not which aiohttp and Python versions

@@ -197,17 +197,20 @@ def test_a_second_decision_is_answered_already_decided(decisions: Decisions, tab
     assert decisions.ended(arn).status == "FAILED"
 
 
-def test_on_the_emulator_a_late_reject_changes_nothing(decisions: Decisions, tab: Tab) -> None:
+def test_a_late_reject_on_the_replica_that_approved_is_answered_from_memory(
+    decisions: Decisions, tab: Tab
+) -> None:
     """moto (and LocalStack) accept SendTaskFailure on a closed token with 200, where
-    AWS answers TaskTimedOut (409): the page says "Rejected", the outcome stands.
-    docs/decisions.md says so; this test notices when the emulator changes."""
+    AWS answers TaskTimedOut (409); the replica that decided remembers the task closed
+    and answers 409 without asking, so the page says so on the emulators too."""
     arn, links = decisions.ask(subject="Late reject", details="")
     page = tab.page
     page.goto(links["approve_url"])
     assert_guarded(click(page), 200)
     assert decisions.ended(arn).status == "SUCCEEDED"
     page.goto(links["reject_url"])
-    assert_guarded(click(page), 200)
+    assert_guarded(click(page), 409)
+    assert "already decided" in page.inner_text("body").lower()
     assert decisions.ended(arn).status == "SUCCEEDED"
 
 
