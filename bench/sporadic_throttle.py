@@ -3,12 +3,13 @@ random share of its SendTaskSuccess calls answered ``ThrottlingException``.
 
     .venv/bin/python -m bench.sporadic_throttle [--rate 60] [--seconds 40] [--throttle 0.01]
 
-Starts the loopback stub (``awsstub``) in its own process, lets tasks arrive at
-``--rate`` per second for ``--seconds``, runs one ``broker run`` (the fault suite's
-settings and handlers) until every token is closed, and prints one JSON line: the
-stub's latency figures (from a message becoming visible to its completion), the
-throttles injected,.  Run it with
-``--throttle 0`` for the fault-free figure of the same machine and moment.
+Starts the loopback stub (``awsstub``) in its own process and one ``broker run`` (the
+fault suite's settings and handlers), warms it up with 20 tasks, then throttles
+``--throttle`` of the SendTaskSuccess calls at random, lets tasks arrive at ``--rate``
+per second for ``--seconds`` until every token is closed, and prints one JSON line: the
+stub's latency figures (from a message becoming visible to its completion) and their
+parts, and the throttles injected.  Run it with ``--throttle 0`` for the fault-free
+figure of the same machine and moment (the machine's load moves both).
 """
 
 from __future__ import annotations
