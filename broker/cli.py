@@ -273,9 +273,15 @@ async def _redrive(
     settings: BrokerSettings, dead_letter_queue: str, to: str | None, max_messages: int | None
 ) -> int:
     async with open_clients(settings) as clients:
-        report = await redrive(clients.sqs, dead_letter_queue, to=to, max_messages=max_messages)
+        report = await redrive(
+            clients.sqs,
+            dead_letter_queue,
+            sources=[queue.name for queue in settings.queues],
+            to=to,
+            max_messages=max_messages,
+        )
     print("\n".join(report.lines()))
-    return 1 if report.failed else 0
+    return 1 if report.failed or report.not_allowed else 0
 
 
 async def _create_table(settings: BrokerSettings, table: str) -> int:

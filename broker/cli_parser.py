@@ -66,8 +66,9 @@ HELP: Final[dict[str, Help]] = {
     ),
     "redrive": Help(
         "move dead-lettered messages back to the queue they came from",
-        "Move the messages of a dead-letter queue back to the queue each came from (or\n"
-        "all to --to), and print counts per destination. Exit 1 if any send failed.",
+        "Move the messages of a dead-letter queue back to the queue each came from, if\n"
+        "BROKER_QUEUES names it (or all to --to), and print counts per destination. Exit 1\n"
+        "if any send failed or a message names a queue the settings do not.",
         "broker redrive refunds-dlq --max 100",
     ),
     "decisions": Help(

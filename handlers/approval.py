@@ -8,7 +8,9 @@ SNS message with both, and leaves the task open: the workflow waits until the pe
 presses a link's button (or the state's ``TimeoutSeconds`` passes).
 
 - payload: ``subject`` and ``details`` (both optional; other fields allowed, and shown as
-  the details when ``details`` is not given);
+  the details when ``details`` is not given).  ``details`` may be any JSON value: text is
+  shown as it is (at most 2,000 characters), anything else as indented JSON, cut to fit;
+  the page escapes it, and the notification carries it as that text;
 - SNS (``MessageStructure=json``): ``default`` is a JSON document
   ``{"approve_url", "reject_url", "expires_at", "subject", "details"}`` (what an SQS or
   Lambda subscriber reads), ``email`` the same as plain text;
@@ -20,10 +22,11 @@ The links carry the task token encrypted; the message never holds the token itse
 
 from __future__ import annotations
 
+import json
 from typing import Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from broker import DecisionLinks, Deferred, Router, Task
 from broker.decisions.links import MAX_DETAILS_CHARS, MAX_SUBJECT_CHARS
@@ -43,17 +46,48 @@ class ApprovalRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     subject: str = Field(default=_DEFAULT_SUBJECT, max_length=MAX_SUBJECT_CHARS)
-    details: str | None = Field(default=None, max_length=MAX_DETAILS_CHARS)
+    #: Any JSON value: text is shown as it is, anything else as indented JSON.
+    details: JsonValue = None
+
+    @field_validator("details")
+    @classmethod
+    def _text_fits_a_link(cls, details: JsonValue) -> JsonValue:
+        # Text is shown whole or refused, as the subject is; JSON is cut (it is a view).
+        if isinstance(details, str) and len(details) > MAX_DETAILS_CHARS:
+            raise ValueError(f"details: at most {MAX_DETAILS_CHARS} characters of text")
+        return details
 
     def details_text(self) -> str:
-        """``details``, else the payload's other fields as JSON (cut to fit a link)."""
-        if self.details is not None:
+        """``details`` as text, else the payload's other fields as JSON (cut to fit a link)."""
+        if isinstance(self.details, str):
             return self.details
+        if self.details is not None:
+            return _cut(_json_text(self.details, indent=True))
         extra = self.model_extra or {}
         if not extra:
             return ""
-        text = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
-        return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 1] + "…"
+        return _cut(_json_text(extra, indent=False))
+
+
+def _json_text(value: object, *, indent: bool) -> str:
+    """JSON a person reads: keys in order; indented, one field a line (the page keeps
+    line breaks).  The standard library writes what orjson cannot: integers over 64 bits."""
+    option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    try:
+        return orjson.dumps(value, option=option).decode()
+    except TypeError:
+        separators = None if indent else (",", ":")
+        return json.dumps(
+            value,
+            indent=2 if indent else None,
+            separators=separators,
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 1] + "…"
 
 
 @router.handler("approval", decisions=True, notify=True)

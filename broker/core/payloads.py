@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from enum import Enum
 from typing import Any, Final
 
 import orjson
@@ -29,10 +32,20 @@ def encode_output(value: object) -> str | Failed:
     try:
         data = _dumps(value)
     except (TypeError, ValueError) as exc:
+        # The standard library's fallback (wide integers) refuses NaN with a ValueError.
+        where = _non_finite(value) if isinstance(exc, ValueError) else None
         return Failed(
             ErrorName.INVALID_OUTPUT,
-            f"handler returned {type(value).__name__}, which is not JSON-serializable: {exc}",
+            _non_finite_cause(value, where)
+            if where
+            else f"handler returned {type(value).__name__}, which is not JSON-serializable: {exc}",
             Outcome.INVALID_OUTPUT,
+        )
+    if b"null" in data and (where := _non_finite(value)) is not None:
+        # orjson writes NaN and +-Infinity as null: a value changed without a word.  JSON
+        # has no such numbers and Step Functions would refuse them: one rule, refused.
+        return Failed(
+            ErrorName.INVALID_OUTPUT, _non_finite_cause(value, where), Outcome.INVALID_OUTPUT
         )
     if len(data) > MAX_OUTPUT_BYTES:
         return Failed(
@@ -59,6 +72,38 @@ def _dumps(value: object) -> bytes:
         separators=(",", ":"),
     )
     return text.encode("utf-8")
+
+
+def _non_finite_cause(value: object, where: str) -> str:
+    return (
+        f"handler returned {type(value).__name__} holding {where}, which JSON cannot "
+        "represent (it has no NaN or Infinity)"
+    )
+
+
+def _non_finite(value: object) -> str | None:
+    """The first NaN or infinite float in ``value`` (as orjson walks it), else None.
+
+    Looked for only when the output holds a ``null``: that is what orjson made of them.
+    Iterative, so a deep value costs no recursion.
+    """
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return repr(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, BaseModel):
+            stack.append(item.model_dump(mode="python"))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
+        elif isinstance(item, Enum):
+            stack.append(item.value)
+    return None
 
 
 def _to_jsonable(value: Any) -> Any:

@@ -9,6 +9,12 @@ a bucket without talking to each other (AIMD, the way TCP flows share a link):
 - on a throttle, the rate becomes ``decrease`` x what this process sent in the last
   second (or x its current rate, if lower), at most once per *epoch*: calls already
   in flight when the rate dropped come back throttled too, and must not cut it again;
+- but while no call is held back by the rate (there is none yet, or demand is below
+  it), a throttle cuts only if more than ``tolerance`` of the recent calls were
+  throttled: AWS throttles the odd call at random, and AIMD under random loss settles
+  near sqrt(increase / (0.3 x loss)), below the demand (about 58 calls/s at 1 %), so
+  cutting on each one held calls back for seconds.  While calls are held back, the
+  rate is what the bucket answers, and every throttle cuts (the fleet's AIMD);
 - while the rate is what holds calls back (a caller had to wait), it grows by
   ``increase_per_s`` calls/s every second; it never grows while demand is below it, so
   an idle replica keeps its share instead of drifting up to a storm;
@@ -81,6 +87,11 @@ class AdaptiveParams:
     min_per_s: float = 1.0
     #: Calls the rate lets through at once, in seconds of the rate (at least one call).
     burst_s: float = 0.05
+    #: While no call is held back by the rate, throttles up to this share of the recent
+    #: calls are noise (a sporadic throttle, not an empty bucket) and cut nothing.
+    tolerance: float = 0.05
+    #: "Recent", for ``tolerance``: calls and throttles decay over about this many seconds.
+    evidence_s: float = 5.0
 
 
 class AdaptiveRate:
@@ -114,6 +125,10 @@ class AdaptiveRate:
         self._previous = 0
         self._waiting = 0
         self._lock = anyio.Lock()
+        # Recent sends (whole seconds, decaying) and throttles (decaying), for ``tolerance``.
+        self._sent_before = 0.0
+        self._throttles = 0.0
+        self._throttled_at = 0.0
 
     @property
     def allowed_per_s(self) -> float:
@@ -178,9 +193,18 @@ class AdaptiveRate:
 
     def throttled(self, epoch: int, now: float | None = None) -> bool:
         """A call sent in ``epoch`` was throttled; True when that cut the rate."""
+        now = self._clock() if now is None else now
+        # Every throttle is evidence, a late one of an earlier epoch too: an empty
+        # bucket answers the calls in flight all at once.
+        share = self._throttled_share(now)
         if epoch != self.epoch:
             return False
-        now = self._clock() if now is None else now
+        if not self._held and share <= self.params.tolerance:
+            # Nothing is held back (demand is below the rate, or there is no rate yet)
+            # and few calls were throttled: noise, which a cut would only turn into a
+            # queue of calls held back for seconds.  Pushing at the rate, or throttled
+            # more often, it is the bucket: cut.
+            return False
         sent = self.sent_per_s(now)
         base = sent if self.rate_per_s is None else min(self.rate_per_s, sent)
         self.rate_per_s = self._bounded(base * self.params.decrease)
@@ -191,6 +215,17 @@ class AdaptiveRate:
         self._refilled_at = now
         self._held = False
         return True
+
+    def _throttled_share(self, now: float) -> float:
+        """Count one throttle; the share of the recent calls that were throttled."""
+        self._roll(now)
+        horizon = self.params.evidence_s
+        elapsed = max(0.0, now - self._throttled_at)
+        self._throttles = self._throttles * math.exp(-elapsed / horizon) + 1
+        self._throttled_at = now
+        sent = self._sent_before * math.exp(-(now - self._window_at) / horizon) + self._count
+        # Fewer calls than it takes to see the tolerance at all say nothing yet.
+        return self._throttles / max(1.0 / self.params.tolerance, sent)
 
     def sent_per_s(self, now: float) -> float:
         """Calls sent in about the last second (a sliding window over two)."""
@@ -213,6 +248,8 @@ class AdaptiveRate:
         elapsed = now - self._window_at
         if elapsed >= 1.0:
             self._previous = self._count if elapsed < 2.0 else 0
+            horizon = self.params.evidence_s
+            self._sent_before = (self._sent_before + self._count) * math.exp(-elapsed / horizon)
             self._count = 0
             self._window_at = now
 

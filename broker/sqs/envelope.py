@@ -3,7 +3,7 @@
 The contract (design brief, "The message contract"): the body is a JSON object; the
 token sits in a top-level field the state machine chose; the payload is ``input`` /
 ``Input`` / ``Payload`` or else the body without the token; the type comes from a
-message attribute, else a body field (dotted path), else the queue's default.
+``String`` message attribute, else a body field (dotted path), else the queue's default.
 
 JSON is read with orjson, which refuses documents nested deeper than 1,024 levels and
 reads integers beyond 64 bits as floats.  ``load_json`` reads such integers exactly (with
@@ -95,9 +95,13 @@ class Poison:
 
 
 def parse_envelope(
-    body: str | bytes, attributes: Mapping[str, str], spec: EnvelopeSpec
+    body: str | bytes, attributes: Mapping[str, Mapping[str, Any]], spec: EnvelopeSpec
 ) -> Envelope | Poison:
-    """Parse one message.  Never raises: bad input is reported as ``Poison``."""
+    """Parse one message.  Never raises: bad input is reported as ``Poison``.
+
+    ``attributes``: the message attributes as SQS gives them (``DataType``,
+    ``StringValue``, ...).
+    """
     try:
         document = load_json(body)
     except orjson.JSONDecodeError as exc:
@@ -266,10 +270,13 @@ def _find_payload(
 
 
 def _find_type(
-    document: Mapping[str, Any], payload: Any, attributes: Mapping[str, str], spec: EnvelopeSpec
+    document: Mapping[str, Any],
+    payload: Any,
+    attributes: Mapping[str, Mapping[str, Any]],
+    spec: EnvelopeSpec,
 ) -> str | None:
     if spec.type_attribute:
-        value = attributes.get(spec.type_attribute)
+        value = _string_attribute(attributes.get(spec.type_attribute))
         if value:
             return value
     if spec.type_field:
@@ -280,6 +287,21 @@ def _find_type(
             if isinstance(found, str) and found:
                 return found
     return spec.default_type
+
+
+def _string_attribute(attribute: Any) -> str | None:
+    """The value of a ``String`` (or ``String.<label>``) message attribute, else None.
+
+    A ``Number`` attribute also comes as a ``StringValue`` (``"42"``), but a type is a
+    name: only text attributes name it, and anything else leaves the body to decide.
+    """
+    if not isinstance(attribute, Mapping):
+        return None
+    data_type = attribute.get("DataType")
+    value = attribute.get("StringValue")
+    if not isinstance(data_type, str) or not isinstance(value, str):
+        return None
+    return value if data_type == "String" or data_type.startswith("String.") else None
 
 
 def lookup_path(root: Any, dotted_path: str) -> Any:

@@ -80,7 +80,7 @@ class MessageProcessor:
 
     async def _decide(self, delivery: Delivery, origin: Origin) -> Outcome:
         message = delivery.message
-        parsed = parse_envelope(message.body, message.attributes, delivery.queue.runtime.spec)
+        parsed = parse_envelope(message.body, message.raw_attributes, delivery.queue.runtime.spec)
         if isinstance(parsed, Poison) and parsed.token is not None:
             # Read no further (nested too deep), but the token is known: fail the task
             # now rather than leave the workflow waiting for its timeout.

@@ -5,6 +5,12 @@ redrive sends the original body and attributes (without the ``broker.*`` ones) b
 there, or to ``--to``, and deletes from the DLQ only what was sent.  A message that
 names no source and has no ``--to`` is left in the DLQ and counted.
 
+Anyone who can send to a queue can send a message carrying ``broker.source_queue``, and
+SQS's own redrive moves it to the DLQ as it is: the attribute is a producer's word, not
+the broker's.  So a copy goes back only to a queue the settings name (``sources``, the
+queues ``broker run`` consumes); one naming any other queue is left in the DLQ and
+reported.  ``--to`` is the operator's word and goes anywhere.
+
 A broker may be consuming the destination while the redrive runs, and dead-letter a
 moved message again (poison, an unknown type).  So that the two never pass messages back
 and forth, a run moves at most what the DLQ held when it started, and marks every copy
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -27,7 +33,7 @@ import anyio
 
 from broker.aws.errors import error_code
 from broker.aws.protocols import SqsApi
-from broker.core.errors import QueueNotFound
+from broker.core.errors import QueueNotFound, StartupError
 from broker.sqs.deadletter import (
     REDRIVEN_ATTRIBUTE,
     redriven_by,
@@ -45,12 +51,16 @@ log = logging.getLogger("broker.redrive")
 _HOLD_S: Final = 60
 #: How long handing back the messages left in the DLQ may take at the end (shielded).
 _RELEASE_TIMEOUT_S: Final = 10
+#: Characters of a refused destination the report shows (a producer wrote it).
+_SHOWN: Final = 200
 
 
 @dataclass
 class RedriveReport:
     moved: Counter[str] = field(default_factory=Counter)  # destination queue → count
     no_destination: int = 0
+    #: Left in the DLQ: ``broker.source_queue`` names a queue the settings do not.
+    not_allowed: Counter[str] = field(default_factory=Counter)
     failed: int = 0
     #: Visible messages in the DLQ when the run started: the most it moves.
     at_start: int = 0
@@ -64,7 +74,7 @@ class RedriveReport:
     @property
     def handled(self) -> int:
         """Messages of the starting set this run dealt with, one way or another."""
-        return self.total_moved + self.failed + self.no_destination
+        return self.total_moved + self.failed + self.no_destination + sum(self.not_allowed.values())
 
     def lines(self) -> list[str]:
         out = [f"the DLQ held {self.at_start} visible message(s) at the start"]
@@ -73,6 +83,11 @@ class RedriveReport:
         if self.no_destination:
             out.append(
                 f"left {self.no_destination} message(s) that name no source queue (use --to)"
+            )
+        for queue, count in self.not_allowed.items():
+            out.append(
+                f"left {count} message(s) whose broker.source_queue names {queue[:_SHOWN]!r}, "
+                "a queue the settings do not name (BROKER_QUEUES; or choose one with --to)"
             )
         if self.failed:
             out.append(f"{self.failed} message(s) could not be sent back and stay in the DLQ")
@@ -88,15 +103,20 @@ async def redrive(
     sqs: SqsApi,
     dead_letter_queue: str,
     *,
+    sources: Collection[str],
     to: str | None = None,
     max_messages: int | None = None,
 ) -> RedriveReport:
     """Move messages from ``dead_letter_queue`` back, in batches of up to 10.
 
-    ``QueueNotFound`` before anything is received if the DLQ or ``to`` is missing.
+    Without ``to``, each message goes to its ``broker.source_queue`` if that is one of
+    ``sources`` (queue names or URLs, as the settings give them; a name and its URL are
+    the same queue).  ``QueueNotFound`` before anything is received if the DLQ or
+    ``to`` is missing.
     """
     report = RedriveReport()
     dlq_url = await resolve_queue_url(sqs, dead_letter_queue)
+    allowed = _Allowed(sqs, sources)
     report.at_start = await queue_depth(sqs, dlq_url, dead_letter_queue)
     urls: dict[str, str | None] = {}
     if to is not None:
@@ -141,6 +161,10 @@ async def redrive(
                     report.no_destination += 1
                     kept[message_id] = message["ReceiptHandle"]
                     continue
+                if to is None and not await allowed.contains(destination):
+                    report.not_allowed[destination] += 1
+                    kept[message_id] = message["ReceiptHandle"]
+                    continue
                 by_destination.setdefault(destination, []).append(message)
             for destination, batch in by_destination.items():
                 if destination not in urls:
@@ -168,6 +192,46 @@ async def redrive(
         with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
             await _release(sqs, dlq_url, kept.values())
     return report
+
+
+class _Allowed:
+    """The queues a message's own ``broker.source_queue`` may send it back to."""
+
+    def __init__(self, sqs: SqsApi, sources: Collection[str]) -> None:
+        self._sqs = sqs
+        self._sources = frozenset(sources)
+        self._urls: set[str] | None = None
+
+    async def contains(self, queue: str) -> bool:
+        if queue in self._sources:
+            return True  # as the broker wrote it: the queue's name in the settings
+        # The settings may name by URL what a copy names by name, or the other way round.
+        urls = await self._source_urls()
+        if _is_url(queue):
+            return queue in urls
+        if not any(url.rsplit("/", 1)[-1] == queue for url in urls):
+            return False  # no call for a name no configured queue has
+        # The same name may be another account's queue: this one's URL must match.
+        url = await _resolved_or_none(self._sqs, queue)
+        return url is not None and url in urls
+
+    async def _source_urls(self) -> set[str]:
+        if self._urls is None:
+            found = [await _resolved_or_none(self._sqs, source) for source in self._sources]
+            self._urls = {url for url in found if url is not None}
+        return self._urls
+
+
+def _is_url(queue: str) -> bool:
+    return queue.startswith(("https://", "http://"))
+
+
+async def _resolved_or_none(sqs: SqsApi, queue: str) -> str | None:
+    try:
+        return await resolve_queue_url(sqs, queue)
+    except StartupError as exc:  # QueueNotFound included: that queue cannot match
+        log.warning("cannot look queue %r up: %s", queue, exc)
+        return None
 
 
 def _left_to_do(report: RedriveReport, max_messages: int | None) -> int:

@@ -129,9 +129,18 @@ def test_redrive_command_moves_messages_back(aws: EmbeddedAws, tmp_path: Path) -
                 "trace": {"DataType": "String", "StringValue": f"t{n}"},
             },
         )
-    result = run_cli("redrive", "redrive-source-dlq", env=broker_env(aws), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    sqs.send_message(
+        QueueUrl=dlq,
+        MessageBody="names a queue the settings do not",
+        MessageAttributes={
+            "broker.source_queue": {"DataType": "String", "StringValue": "redrive-elsewhere"}
+        },
+    )
+    env = broker_env(aws, BROKER_QUEUES='["redrive-source"]')
+    result = run_cli("redrive", "redrive-source-dlq", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
     assert "moved 12 message(s) to redrive-source" in result.stdout
+    assert "names 'redrive-elsewhere', a queue the settings do not name" in result.stdout
     received = []
     while batch := sqs.receive_message(
         QueueUrl=source, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
@@ -144,8 +153,8 @@ def test_redrive_command_moves_messages_back(aws: EmbeddedAws, tmp_path: Path) -
     assert (
         int(left["ApproximateNumberOfMessages"])
         + int(left["ApproximateNumberOfMessagesNotVisible"])
-        == 0
-    )
+        == 1
+    ), "only the copy naming another queue is left"
 
 
 def _free_port() -> int:

@@ -87,7 +87,7 @@ async def test_redrive_finishes_while_a_broker_consumes_the_queue(
 
         async with open_clients(settings) as clients:
             with anyio.fail_after(30):
-                report = await redrive(clients.sqs, dlq)
+                report = await redrive(clients.sqs, dlq, sources=[source])
 
         # The broker dead-letters the poison again, once (the run leaves its own copies
         # alone).  An unknown-type copy is dropped when Step Functions answers "task
@@ -127,11 +127,11 @@ async def test_a_missing_destination_leaves_the_dlq_untouched(aws: EmbeddedAws) 
     settings = _settings(aws, QueueSettings(name=dlq))
     async with open_clients(settings) as clients:
         with pytest.raises(QueueNotFound, match="missing-queue"):
-            await redrive(clients.sqs, dlq, to="missing-queue")
+            await redrive(clients.sqs, dlq, sources=[], to="missing-queue")
         missing_url = dlq.rsplit("/", 1)[0] + "/missing-queue"
         with pytest.raises(QueueNotFound, match="missing-queue"):
-            await redrive(clients.sqs, dlq, to=missing_url)
+            await redrive(clients.sqs, dlq, sources=[], to=missing_url)
         with pytest.raises(QueueNotFound, match="missing-dlq"):
-            await redrive(clients.sqs, "missing-dlq")
+            await redrive(clients.sqs, "missing-dlq", sources=[dlq])
     # Nothing was received, so nothing is hidden for the 60 s hold.
     assert _counts(aws, dlq) == (4, 0)

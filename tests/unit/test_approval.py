@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import urllib.parse
@@ -149,3 +150,44 @@ async def test_a_missing_topic_stops_the_start_naming_the_setting() -> None:
 def test_the_route_needs_the_decision_settings() -> None:
     with pytest.raises(ConfigError, match="BROKER_DECISION_TOPIC"):
         Broker(approval_settings(decision_topic=None), router)
+
+
+@pytest.mark.parametrize(
+    ("details", "shown"),
+    [
+        ({"amount": 200, "to": "ACME <b>"}, '{\n  "amount": 200,\n  "to": "ACME <b>"\n}'),
+        ([1, "two"], '[\n  1,\n  "two"\n]'),
+        (42, "42"),
+        (True, "true"),
+        ({"n": 2**70}, f'{{\n  "n": {2**70}\n}}'),
+    ],
+    ids=["object", "list", "number", "boolean", "integer over 64 bits"],
+)
+async def test_details_of_any_json_value_are_shown_as_indented_json(
+    details: Any, shown: str
+) -> None:
+    async with TestBroker(router, approval_settings()) as tb:
+        token = tb.sfn.new_token()
+        # json: the payload may hold an integer orjson cannot write.
+        body = {"TaskToken": token, "input": {"subject": "Refund", "details": details}}
+        tb.sqs.put("tasks", json.dumps(body), {"type": "approval"})
+        await tb.wait_idle()
+        [published] = tb.sns.messages("decisions")
+        document = _document(published)
+        decisions = tb.broker.decisions
+        assert decisions is not None
+        page = await decisions.answer("GET", decisions.codec.blob_of(document["approve_url"]))
+        assert await tb.decide(document["approve_url"]) == 200
+    assert tb.sfn.outcomes[token].status == "success"
+    assert document["details"] == shown
+    assert shown in published.protocols["email"]
+    # The page shows it escaped, its line breaks kept (white-space: pre-wrap).
+    assert html.escape(shown) in page.page
+    assert "<b>" not in page.page.split("</h1>", 1)[1]
+
+
+async def test_long_json_details_are_cut_to_fit_a_link() -> None:
+    async with TestBroker(router, approval_settings()) as tb:
+        _, document, _ = await _request(tb, {"details": {"lines": ["x" * 50] * 100}})
+    assert len(document["details"]) == 2000
+    assert document["details"].endswith("…")

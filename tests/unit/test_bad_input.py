@@ -45,6 +45,10 @@ class Orders(BaseModel):
     ids: list[int]
 
 
+class Measure(BaseModel):
+    value: float
+
+
 #: Like the emulators' tokens: a UUID, too short for any "looks like a token" pattern.
 SHORT_TOKEN = "7f1c9e2a-4b3d-4c5e-9f60-718293a4b5c6"
 WIDE = 123456789012345678901234567890
@@ -103,6 +107,18 @@ def bad_input_router() -> Router:
     @router.handler("wide_output")
     async def wide_output(task: Task[Any]) -> dict[str, int]:
         return {"n": 2**70}
+
+    @router.handler("nan_output")
+    async def nan_output(task: Task[Any]) -> dict[str, float]:
+        return {"x": float("nan")}
+
+    @router.handler("infinity_beside_wide_output")
+    async def infinity_beside_wide_output(task: Task[Any]) -> dict[str, Any]:
+        return {"n": 2**70, "x": [float("-inf")]}
+
+    @router.handler("model_infinity_output")
+    async def model_infinity_output(task: Task[Any]) -> Measure:
+        return Measure(value=float("inf"))
 
     @router.handler("orders")
     async def orders(task: Task[Orders]) -> int:
@@ -165,6 +181,11 @@ def truncated_error_list(cause: str) -> None:
     assert all(error["type"] == "int_parsing" for error in kept)
     assert note["type"] == "broker.truncated"
     assert note["msg"].startswith(f"{5_000 - len(kept)} more error(s) of 5000 not shown")
+
+
+def _names(cause: str, value: str) -> None:
+    assert f"holding {value}," in cause
+    assert "no NaN or Infinity" in cause
 
 
 ROWS = [
@@ -315,6 +336,27 @@ ROWS = [
         {Outcome.SUCCEEDED: 1},
         output={"n": float(2**70)},
         raw_output=f'{{"n":{2**70}}}',
+    ),
+    Row(
+        "handler output holding NaN (orjson alone would write null)",
+        lambda token: task_body(token, "nan_output", {}),
+        {Outcome.INVALID_OUTPUT: 1},
+        error="Broker.InvalidOutput",
+        cause_check=lambda cause: _names(cause, "nan"),
+    ),
+    Row(
+        "handler output holding -Infinity beside a 70-bit integer",
+        lambda token: task_body(token, "infinity_beside_wide_output", {}),
+        {Outcome.INVALID_OUTPUT: 1},
+        error="Broker.InvalidOutput",
+        cause_check=lambda cause: _names(cause, "-inf"),
+    ),
+    Row(
+        "handler output of a model holding Infinity",
+        lambda token: task_body(token, "model_infinity_output", {}),
+        {Outcome.INVALID_OUTPUT: 1},
+        error="Broker.InvalidOutput",
+        cause_check=lambda cause: _names(cause, "inf"),
     ),
     Row(
         "payload failing the model with 5,000 errors: the cause is cut as a list",

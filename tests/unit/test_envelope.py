@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
+from broker import Router, Task
 from broker.sqs.envelope import Envelope, EnvelopeSpec, Poison, PoisonReason, parse_envelope
+from broker.testing import TestBroker
+
+from .conftest import make_settings
 
 SPEC = EnvelopeSpec()
 
@@ -11,8 +17,13 @@ SPEC = EnvelopeSpec()
 def parse(
     body: object, attributes: dict[str, str] | None = None, spec: EnvelopeSpec = SPEC
 ) -> Envelope | Poison:
+    """``attributes``: String attributes by name (as a producer usually sends them)."""
     raw = body if isinstance(body, str | bytes) else orjson.dumps(body)
-    return parse_envelope(raw, attributes or {}, spec)
+    typed = {
+        name: {"DataType": "String", "StringValue": value}
+        for name, value in (attributes or {}).items()
+    }
+    return parse_envelope(raw, typed, spec)
 
 
 def test_seed_000_shape_input_and_my_task_token() -> None:
@@ -42,6 +53,32 @@ def test_attribute_beats_body_field_beats_default() -> None:
     assert parse(body, {"type": "from-attr"}, spec).message_type == "from-attr"  # type: ignore[union-attr]
     assert parse(body, {}, spec).message_type == "from-body"  # type: ignore[union-attr]
     assert parse({"TaskToken": "t"}, {}, spec).message_type == "fallback"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "expected"),
+    [
+        ({"DataType": "Number", "StringValue": "42"}, "from-body"),
+        ({"DataType": "Number.int", "StringValue": "42"}, "from-body"),
+        ({"DataType": "Binary", "BinaryValue": b"x"}, "from-body"),
+        ({"DataType": "String.label", "StringValue": "from-attr"}, "from-attr"),
+        ({"DataType": "String", "StringValue": "from-attr"}, "from-attr"),
+    ],
+    ids=["Number", "Number with a label", "Binary", "String with a label", "String"],
+)
+def test_only_a_string_attribute_names_the_type(attribute: dict[str, Any], expected: str) -> None:
+    body = orjson.dumps({"TaskToken": "t", "type": "from-body"})
+    parsed = parse_envelope(body, {"type": attribute}, SPEC)
+    assert isinstance(parsed, Envelope)
+    assert parsed.message_type == expected
+
+
+def test_a_number_attribute_falls_back_to_the_default_without_a_body_type() -> None:
+    spec = EnvelopeSpec(default_type="fallback")
+    number = {"type": {"DataType": "Number", "StringValue": "42"}}
+    parsed = parse_envelope(orjson.dumps({"TaskToken": "t"}), number, spec)
+    assert isinstance(parsed, Envelope)
+    assert parsed.message_type == "fallback"
 
 
 def test_dotted_type_path_found_in_body_or_payload() -> None:
@@ -155,3 +192,21 @@ def test_the_deep_scan_stops_at_its_budget() -> None:
     parsed = parse(far)
     assert isinstance(parsed, Poison)
     assert (parsed.reason, parsed.token) == (PoisonReason.TOO_DEEP, None)
+
+
+async def test_a_number_type_attribute_leaves_the_routing_to_the_body() -> None:
+    router = Router()
+
+    @router.handler("refund")
+    async def refund(task: Task[Any]) -> str:
+        return "refunded"
+
+    async with TestBroker(router, make_settings()) as tb:
+        token = tb.sfn.new_token()
+        await tb.sqs.send_message(
+            QueueUrl=tb.sqs.url_of("tasks"),
+            MessageBody=orjson.dumps({"TaskToken": token, "type": "refund"}).decode(),
+            MessageAttributes={"type": {"DataType": "Number", "StringValue": "42"}},
+        )
+        await tb.wait_idle()
+    assert tb.sfn.outcomes[token].output == "refunded"

@@ -27,7 +27,7 @@ async def test_dead_lettered_messages_go_back_to_their_source_without_broker_att
     assert sqs.count("dlq") == 14
     sqs.put("dlq", "hand-made, names no source")
 
-    report = await redrive(sqs, "dlq")
+    report = await redrive(sqs, "dlq", sources=["tasks", "other"])
 
     assert report.moved == {"tasks": 13, "other": 1}
     assert report.no_destination == 1
@@ -57,7 +57,7 @@ async def test_redrive_to_an_explicit_queue_and_with_a_limit() -> None:
     for n in range(25):
         sqs.put("dlq", orjson.dumps({"n": n}))
 
-    report = await redrive(sqs, "dlq", to="retry-here", max_messages=12)
+    report = await redrive(sqs, "dlq", sources=[], to="retry-here", max_messages=12)
 
     assert report.total_moved == 12
     assert sqs.count("retry-here") == 12
@@ -78,7 +78,7 @@ async def test_a_redriven_copy_of_a_failed_task_is_dropped_as_task_closed() -> N
         token = await tb.start_task({}, message_type="ok")
         await tb.wait_idle()
     assert sqs.count("dlq") == 1
-    await redrive(sqs, "dlq")
+    await redrive(sqs, "dlq", sources=["tasks"])
     # Second run with the handler: the task is closed already, so the copy is dropped.
     async with TestBroker(router, settings, sqs=sqs, sfn=tb.sfn) as tb2:
         await tb2.wait_idle()
@@ -94,9 +94,9 @@ async def test_a_missing_destination_fails_before_anything_is_received() -> None
         sqs.put("dlq", f"not json {n}")
 
     with pytest.raises(QueueNotFound, match="missing-queue"):
-        await redrive(sqs, "dlq", to="missing-queue")
+        await redrive(sqs, "dlq", sources=[], to="missing-queue")
     with pytest.raises(QueueNotFound, match="missing-queue"):
-        await redrive(sqs, "dlq", to=sqs.url_of("missing-queue"))
+        await redrive(sqs, "dlq", sources=[], to=sqs.url_of("missing-queue"))
 
     assert sqs.receive_sizes == [], "nothing received, so nothing hidden"
     assert sqs.visible("dlq") == 3
@@ -105,7 +105,7 @@ async def test_a_missing_destination_fails_before_anything_is_received() -> None
 async def test_a_missing_dead_letter_queue_is_queue_not_found() -> None:
     sqs = FakeSqs()
     with pytest.raises(QueueNotFound, match="no-such-dlq"):
-        await redrive(sqs, sqs.url_of("no-such-dlq"))
+        await redrive(sqs, sqs.url_of("no-such-dlq"), sources=["tasks"])
 
 
 async def test_a_source_queue_that_is_gone_counts_as_failed_and_stays_visible() -> None:
@@ -115,7 +115,7 @@ async def test_a_source_queue_that_is_gone_counts_as_failed_and_stays_visible() 
     sqs.put("dlq", "a", {"broker.source_queue": "deleted-since"})
     sqs.put("dlq", "b", {"broker.source_queue": "tasks"})
 
-    report = await redrive(sqs, "dlq")
+    report = await redrive(sqs, "dlq", sources=["tasks", "deleted-since"])
 
     assert (report.moved, report.failed) == ({"tasks": 1}, 1)
     assert sqs.bodies("dlq") == ["a"]
@@ -142,7 +142,7 @@ async def test_redrive_finishes_while_a_broker_dead_letters_the_copies_again() -
         assert tb.broker.stats.total(Outcome.UNKNOWN_TYPE) == 5
 
         with anyio.fail_after(20):
-            report = await redrive(sqs, "dlq")
+            report = await redrive(sqs, "dlq", sources=["tasks"])
         await tb.wait_idle()
 
         assert report.at_start == 20
@@ -161,7 +161,7 @@ async def test_redrive_finishes_while_a_broker_dead_letters_the_copies_again() -
 
         # A second run moves the poison again (the operator asked for it), once each.
         with anyio.fail_after(20):
-            again = await redrive(sqs, "dlq")
+            again = await redrive(sqs, "dlq", sources=["tasks"])
         await tb.wait_idle()
         assert again.total_moved == 15
         assert sqs.count("dlq") == 15
@@ -184,7 +184,7 @@ async def test_a_redriven_copy_of_an_exhausted_task_is_dropped_not_dead_lettered
         await tb.wait_idle()
         assert sqs.count("dlq") == 1
         with anyio.fail_after(10):
-            report = await redrive(sqs, "dlq")
+            report = await redrive(sqs, "dlq", sources=["tasks"])
         await tb.wait_idle()
     assert report.total_moved == 1
     # The handler ran again; its failure was answered "task closed": dropped, no new copy.
@@ -192,3 +192,49 @@ async def test_a_redriven_copy_of_an_exhausted_task_is_dropped_not_dead_lettered
     assert tb.sfn.outcomes[token].error == "RuntimeError"
     assert tb.broker.stats.total(Outcome.TASK_CLOSED) == 1
     assert (sqs.count("dlq"), sqs.count("tasks")) == (0, 0)
+
+
+async def test_a_copy_naming_a_queue_the_settings_do_not_stays_in_the_dlq() -> None:
+    """``broker.source_queue`` is a producer's word: SQS's own redrive moves a message to
+    the DLQ with whatever attributes its sender gave it."""
+    sqs = FakeSqs()
+    for name in ("dlq", "tasks", "elsewhere"):
+        sqs.create_queue(name)
+    foreign_url = "https://sqs.eu-west-1.amazonaws.com/999999999999/attacker"
+    sqs.put("dlq", "to a foreign URL", {"broker.source_queue": foreign_url})
+    sqs.put("dlq", "to a queue of this account", {"broker.source_queue": "elsewhere"})
+    sqs.put("dlq", "by its URL", {"broker.source_queue": sqs.url_of("tasks")})
+    sqs.put("dlq", "by its name", {"broker.source_queue": "tasks"})
+
+    report = await redrive(sqs, "dlq", sources=["tasks"])
+
+    assert report.moved == {sqs.url_of("tasks"): 1, "tasks": 1}
+    assert report.not_allowed == {foreign_url: 1, "elsewhere": 1}
+    assert report.failed == 0
+    assert sorted(sqs.bodies("tasks")) == ["by its URL", "by its name"]
+    assert sqs.count("elsewhere") == 0
+    assert sorted(sqs.bodies("dlq")) == ["to a foreign URL", "to a queue of this account"]
+    assert sqs.visible("dlq") == 2, "handed back at once for the next run"
+    assert (
+        f"left 1 message(s) whose broker.source_queue names {foreign_url!r}, a queue the "
+        "settings do not name (BROKER_QUEUES; or choose one with --to)"
+    ) in report.lines()
+
+    # The operator's --to goes anywhere.
+    chosen = await redrive(sqs, "dlq", sources=["tasks"], to="elsewhere")
+    assert chosen.moved == {"elsewhere": 2}
+    assert sqs.count("dlq") == 0
+
+
+async def test_settings_naming_a_queue_by_url_allow_copies_naming_it_by_name() -> None:
+    sqs = FakeSqs()
+    for name in ("dlq", "tasks", "other"):
+        sqs.create_queue(name)
+    sqs.put("dlq", "a", {"broker.source_queue": "tasks"})
+    sqs.put("dlq", "b", {"broker.source_queue": "other"})
+
+    report = await redrive(sqs, "dlq", sources=[sqs.url_of("tasks")])
+
+    assert report.moved == {"tasks": 1}
+    assert report.not_allowed == {"other": 1}
+    assert sqs.bodies("tasks") == ["a"]

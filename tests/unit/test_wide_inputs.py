@@ -218,3 +218,25 @@ async def test_activity_inputs_the_parser_alone_gets_wrong(
             assert json.loads(result.cause)[-1]["type"] == "broker.truncated"
         else:
             assert "nested deeper than 1024 levels" in result.cause
+
+
+async def test_an_idempotent_handler_returning_nan_is_recorded_as_the_failure_it_became() -> None:
+    # once.py records through encode_output: the record and the completion agree.
+    runs = 0
+    router = Router()
+
+    @router.handler("measure", idempotent=True, timeout_s=5)
+    async def measure(task: Task[Any]) -> dict[str, float]:
+        nonlocal runs
+        runs += 1
+        return {"ratio": float("nan")}
+
+    async with TestBroker(router, make_settings()) as tb:
+        token = await tb.start_task({}, message_type="measure")
+        await tb.wait_idle()
+        tb.sqs.put("tasks", orjson.dumps({"TaskToken": token, "input": {}}), {"type": "measure"})
+        await tb.wait_idle()
+    assert runs == 1, "the copy replays the recorded failure"
+    outcome = tb.sfn.outcomes[token]
+    assert (outcome.status, outcome.error) == ("failure", ErrorName.INVALID_OUTPUT)
+    assert "holding nan" in (outcome.cause or "")
