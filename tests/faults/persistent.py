@@ -2,7 +2,7 @@
 
 Issue 21 item 8: deletes failing for 20 s ran 150 tasks' handlers 900 times;
 SendTaskSuccess answering 500 for 30 s ran a handler up to 9 times.  Here one broker
-(no kill: it never forgets a verdict) works through tasks whose verdict is decided by
+or two (never killed: none forgets a verdict) work through tasks whose verdict is decided by
 the payload while the stub fails, or slows down, every call of one API for a while.
 Each handler run is counted (``FAULT_RUNS_FILE``, tests/faults/handlers.py): where the
 broker knew the verdict, a task must not run its handler twice.
@@ -40,6 +40,8 @@ class Fault:
     seconds: float
     error_rate: float = 0.0
     latency_ms: float = 0.0
+    #: ``broker run`` processes on the queue (the verdict is known to one of them).
+    replicas: int = 1
 
 
 @dataclass
@@ -52,7 +54,7 @@ class PersistentReport:
     wrong: list[str]
     open_tasks: int
     left_in_queue: int
-    exit_code: int | None
+    exit_codes: list[int | None]
     wall_s: float
 
     @property
@@ -67,6 +69,7 @@ class PersistentReport:
     def table(self) -> str:
         rows = [
             ("fault", f"{self.fault.name} for {self.fault.seconds:.0f} s"),
+            ("replicas", self.fault.replicas),
             ("tasks", self.tasks),
             (f"{self.fault.api} calls", self.faulty_calls),
             ("handler runs", sum(self.runs.values())),
@@ -120,18 +123,18 @@ def run_persistent(
             error_rate=fault.error_rate, latency_ms=fault.latency_ms, apis=[fault.api]
         )
         env = broker_env(stub.endpoint_url) | {"FAULT_RUNS_FILE": str(runs_path)}
-        broker = BrokerProcess(env, log_path)
+        brokers = [BrokerProcess(env, log_path) for _ in range(fault.replicas)]
         fault_ends = time.monotonic() + fault.seconds
-        stats = _wait(control, broker, fault_ends, lambda _: False)
+        stats = _wait(control, brokers, fault_ends, lambda _: False)
         control.set_faults()
         stats = _wait(
             control,
-            broker,
+            brokers,
             deadline,
             lambda s: _closed(s) >= tasks and _queue_depth(s) == 0,
         )
         time.sleep(0.5)  # the last deletes land
-        code, _ = broker.terminate(SHUTDOWN_GRACE_S + 10)
+        codes = [broker.terminate(SHUTDOWN_GRACE_S + 10)[0] for broker in brokers]
         stats = control.stats()
         outcomes = control.tasks()
     wrong, open_tasks = [], 0
@@ -153,7 +156,7 @@ def run_persistent(
         wrong=wrong,
         open_tasks=open_tasks,
         left_in_queue=_queue_depth(stats),
-        exit_code=code,
+        exit_codes=codes,
         wall_s=time.monotonic() - began,
     )
 
@@ -163,10 +166,13 @@ def _queue_depth(stats: dict[str, Any]) -> int:
     return sum(int(queue.get(key, 0)) for key in ("visible", "in_flight", "delayed"))
 
 
-def _wait(control: StubControl, broker: BrokerProcess, until: float, done: Any) -> dict[str, Any]:
+def _wait(
+    control: StubControl, brokers: list[BrokerProcess], until: float, done: Any
+) -> dict[str, Any]:
     while True:
         stats = control.stats()
         if done(stats) or time.monotonic() > until:
             return stats
-        broker.ensure_alive()
+        for broker in brokers:
+            broker.ensure_alive()
         time.sleep(0.05)
