@@ -110,7 +110,8 @@ async def test_one_slow_extension_call_holds_up_no_other_message() -> None:
     sqs.create_queue("tasks", visibility_timeout_s=2)
     sqs.slow_next("change_message_visibility_batch", 6.0)
     runs: Counter[str] = Counter()
-    async with TestBroker(counting_router(runs, 5), make_settings(concurrency=30), sqs=sqs) as tb:
+    # Free slots: a message that went visible would be received again at once.
+    async with TestBroker(counting_router(runs, 5), make_settings(concurrency=64), sqs=sqs) as tb:
         tokens = [tb.sfn.new_token() for _ in range(30)]
         for token in tokens:
             put(sqs, token)
