@@ -95,7 +95,8 @@ class VisibilityKeeper:
         now = anyio.current_time()
         if not self._held:
             self._wake.set()  # the timer sleeps without a deadline
-        self._held[message.receipt_handle] = _Held(message, now, now + self.visibility_s * _EXTEND_EVERY)
+        due = now + self.visibility_s * _EXTEND_EVERY
+        self._held[message.receipt_handle] = _Held(message, now, due)
         self._handling += 1
 
     def deleting(self, message: ReceivedMessage) -> None:

@@ -20,6 +20,8 @@ import orjson
 import pytest
 
 from broker import Outcome, QueueSettings, Router, Task
+from broker.sqs.message import QueueRuntime, ReceivedMessage
+from broker.sqs.visibility import VisibilityKeeper
 from broker.testing import FakeSfn, FakeSqs, TestBroker, client_error
 
 from .conftest import make_settings
@@ -180,3 +182,41 @@ async def test_an_unconfirmed_verdict_is_sent_again_without_running_the_handler(
     assert tb.broker.stats.total(Outcome.UNCONFIRMED) > 0, "the fault really bit"
     assert runs == dict.fromkeys(tokens, 1)
     assert all(sfn.outcomes[token].output == "done" for token in tokens)
+
+
+async def test_an_extension_racing_the_delete_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Item 7: 2,562 WARNINGs with 5,000 tasks, one per message deleted while its
+    # extension was on the way.  A failure for a message still held stays a warning.
+    sqs = FakeSqs()
+    url = sqs.create_queue("tasks", visibility_timeout_s=3)
+    for body in ("settled", "held"):
+        sqs.put("tasks", body)
+    raw = (await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2))["Messages"]
+    settled, held = sorted(map(ReceivedMessage.from_sqs, raw), key=lambda m: m.body)[::-1]
+    queue = QueueSettings(name="tasks")
+    runtime = QueueRuntime(queue, url, queue.envelope_spec(), None, 3, fifo=False)
+    keeper = VisibilityKeeper(runtime, sqs)
+    sqs.api_latency_s["change_message_visibility_batch"] = 0.3
+    caplog.set_level(logging.DEBUG, logger="broker.delivery")
+    stop = False
+    async with anyio.create_task_group() as group:
+        group.start_soon(keeper.run, lambda: stop)
+        keeper.track(settled)
+        keeper.track(held)
+        # The extension is on its way: one message is deleted and let go meanwhile...
+        await wait_for(lambda: sqs.calls["change_message_visibility_batch"] > 0, 5)
+        await sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": "0", "ReceiptHandle": settled.receipt_handle}]
+        )
+        keeper.untrack(settled)
+        # ...and the other is lost to SQS while still held (a real failure).
+        sqs.queues[url].messages.clear()
+        await wait_for(lambda: any("failed" in r.getMessage() for r in caplog.records), 5)
+        stop = True
+        keeper.untrack(held)
+        keeper.wake()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, warned
+    assert held.message_id in warned[0]
