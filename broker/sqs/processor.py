@@ -27,6 +27,7 @@ a copy in flight, while its handler runs and while its completion is sent.  A co
 token settled here a moment ago is deleted as a duplicate, and a copy of a token whose
 verdict Step Functions did not confirm sends that verdict again without running the
 handler (``sqs.memory``).
+
 Cancellation is never swallowed.  What happened is said once, in the outcome event
 (``note_error`` / ``note_detail`` feed it): no line of its own here.
 """
