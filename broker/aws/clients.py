@@ -29,12 +29,24 @@ from broker.aws.protocols import AwsClients, DynamoApi, SfnApi, SnsApi, SqsApi
 from broker.core.errors import ConfigError
 from broker.core.settings import BrokerSettings
 
-__all__ = ["ACTIVITY_POLL_READ_TIMEOUT_S", "lean_clients", "open_clients"]
+__all__ = [
+    "ACTIVITY_POLL_READ_TIMEOUT_S",
+    "COMPLETION_READ_TIMEOUT_S",
+    "lean_clients",
+    "open_clients",
+]
 
 log = logging.getLogger("broker.aws")
 
 #: GetActivityTask answers within 60 s; the read timeout must be longer.
 ACTIVITY_POLL_READ_TIMEOUT_S: Final = 70
+#: SendTaskSuccess / Failure / Heartbeat.  It need not fit in any queue's visibility
+#: timeout: the visibility keeper holds a message invisible for the whole completion,
+#: every try of it (sqs.visibility).  It only bounds one call that hangs, and it is long
+#: enough for the 20 s answers seen from a struggling Step Functions: a call cut off
+#: client-side may still have taken effect, and a retry would then only be answered
+#: "task closed".
+COMPLETION_READ_TIMEOUT_S: Final = 30
 
 
 @asynccontextmanager
@@ -57,7 +69,7 @@ async def open_clients(settings: BrokerSettings) -> AsyncIterator[AwsClients]:
         retries={"mode": "standard", "total_max_attempts": 3},
     )
     sfn_config = AioConfig(
-        read_timeout=15,
+        read_timeout=COMPLETION_READ_TIMEOUT_S,
         connect_timeout=5,
         max_pool_connections=settings.completion_concurrency + 8,
         # Completions are retried by the broker itself, under its rate limit.

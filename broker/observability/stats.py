@@ -29,7 +29,7 @@ class Outcome(StrEnum):
     RETRY = "retry"  # transient handler error: made visible again later
     EXHAUSTED = "exhausted"  # attempts used up; task failed
     TASK_CLOSED = "task_closed"  # Step Functions says the task is already closed
-    DUPLICATE = "duplicate"  # same token as a message in flight; settled by that one
+    DUPLICATE = "duplicate"  # same token as one in flight or settled here lately
     UNCONFIRMED = "unconfirmed"  # Step Functions did not confirm: message kept
     DEFERRED = "deferred"  # handed to a person (decision links): message deleted, task open
 

@@ -10,7 +10,9 @@ wraps each received message in a ``Delivery``:
 - ``hand_back()``: visible again now, for another consumer;
 - ``park()``: hidden as long as retries back off at most, for the queue's redrive policy;
 - ``dead_letter(reason, detail)``: a copy in the queue's DLQ saying why (``sqs.deadletter``);
-- ``queue.keeper``: the visibility extension while handlers run (``sqs.visibility``).
+- ``queue.keeper``: keeps the message invisible while this process holds it
+  (``sqs.visibility``): the processor tracks it at once; ``delete`` keeps it tracked
+  until the deleter confirms, ``hide`` / ``hand_back`` / ``park`` let go of it first.
 
 None of them raises for an AWS error: each is logged, and the worst case is a
 redelivery, never a lost task.
@@ -53,8 +55,10 @@ class SqsQueue:
         self.deleter = deleter
         #: How long ``Delivery.park`` hides a message (the longest retry delay).
         self.park_s = park_s
-        #: Keeps the messages whose handlers run invisible (one timer for the queue).
+        #: Keeps the messages this process holds invisible (one timer for the queue).
         self.keeper = VisibilityKeeper(runtime, sqs)
+        # A delete that keeps failing keeps its message invisible until it lands.
+        deleter.on_done = self.keeper.untrack_handle
 
     @property
     def name(self) -> str:
@@ -67,11 +71,13 @@ class SqsQueue:
 class Delivery:
     """One received message of one queue, and what the outcome table may do to it."""
 
-    __slots__ = ("message", "queue")
+    __slots__ = ("deleted", "message", "queue")
 
     def __init__(self, queue: SqsQueue, message: ReceivedMessage) -> None:
         self.queue = queue
         self.message = message
+        #: ``delete`` was called: the message's work is done.
+        self.deleted = False
 
     @property
     def has_dead_letter_queue(self) -> bool:
@@ -83,7 +89,10 @@ class Delivery:
         return is_redriven(self.message)
 
     async def delete(self) -> None:
-        """Queue the delete (batched): only once the outcome is durable."""
+        """Queue the delete (batched): only once the outcome is durable.  The message
+        stays invisible until SQS confirms it."""
+        self.deleted = True
+        self.queue.keeper.deleting(self.message)
         await self.queue.deleter.delete(self.message.receipt_handle)
 
     async def hide(self, delay_s: int) -> None:
@@ -141,6 +150,8 @@ class Delivery:
                 return True
 
     async def _change_visibility(self, timeout_s: int, doing: str) -> None:
+        # Let go first: the keeper must not override the new timeout.
+        self.queue.keeper.untrack(self.message)
         try:
             await self.queue.sqs.change_message_visibility(
                 QueueUrl=self.queue.runtime.url,

@@ -20,6 +20,14 @@ through its ``Delivery`` (``sqs.delivery``)::
 
 "Once settled": only after Step Functions confirmed the outcome, or said the task is
 closed; otherwise the message is kept and comes back when its visibility lapses.
+
+The message is held invisible by the queue's ``VisibilityKeeper`` from the start of
+``process`` until its delete lands or it is hidden / handed back: while it waits behind
+a copy in flight, while its handler runs and while its completion is sent.  A copy of a
+token settled here a moment ago is deleted as a duplicate, and a copy of a token whose
+verdict Step Functions did not confirm sends that verdict again without running the
+handler (``sqs.memory``).
+
 Cancellation is never swallowed.  What happened is said once, in the outcome event
 (``note_error`` / ``note_detail`` feed it): no line of its own here.
 """
@@ -43,6 +51,7 @@ from broker.observability.redact import loggable
 from broker.observability.stats import Outcome
 from broker.sqs.delivery import Delivery
 from broker.sqs.envelope import Envelope, Poison, parse_envelope
+from broker.sqs.memory import TokenMemory
 
 __all__ = ["MessageProcessor", "ProcessingDefaults"]
 
@@ -65,11 +74,19 @@ class _InFlight:
 
 
 class MessageProcessor:
-    def __init__(self, router: Router, step: Step, defaults: ProcessingDefaults) -> None:
+    def __init__(
+        self,
+        router: Router,
+        step: Step,
+        defaults: ProcessingDefaults,
+        memory: TokenMemory | None = None,
+    ) -> None:
         self._router = router
         self._step = step
         self._defaults = defaults
         self._in_flight: dict[str, _InFlight] = {}
+        #: Tokens settled here lately, and verdicts not confirmed yet.
+        self.memory = memory if memory is not None else TokenMemory()
 
     async def process(self, delivery: Delivery) -> Outcome:
         message = delivery.message
@@ -79,6 +96,15 @@ class MessageProcessor:
         return await self._step.observed(origin, lambda: self._decide(delivery, origin))
 
     async def _decide(self, delivery: Delivery, origin: Origin) -> Outcome:
+        # Held invisible from now on, whatever it waits for (see the module's doc).
+        keeper = delivery.queue.keeper
+        keeper.track(delivery.message)
+        try:
+            return await self._decide_held(delivery, origin)
+        finally:
+            keeper.release(delivery.message)
+
+    async def _decide_held(self, delivery: Delivery, origin: Origin) -> Outcome:
         message = delivery.message
         parsed = parse_envelope(message.body, message.raw_attributes, delivery.queue.runtime.spec)
         if isinstance(parsed, Poison) and parsed.token is not None:
@@ -94,17 +120,26 @@ class MessageProcessor:
         first = self._in_flight.get(parsed.token)
         if first is not None:
             return await self._duplicate(delivery, first)
+        if self.memory.is_settled(parsed.token):
+            # Received again as (or just after) it was settled: its delete raced this
+            # receive, or failed.  Nothing more to do for the task.
+            note_detail("a copy of a task settled here moments ago")
+            await delivery.delete()
+            return Outcome.DUPLICATE
         entry = self._in_flight[parsed.token] = _InFlight(anyio.Event())
         try:
             outcome = await self._decide_for_token(delivery, origin, parsed)
             entry.settled = outcome.settled
+            if outcome.settled and delivery.deleted:
+                self.memory.settled(parsed.token)
             return outcome
         finally:
             del self._in_flight[parsed.token]
             entry.done.set()
 
     async def _duplicate(self, delivery: Delivery, first: _InFlight) -> Outcome:
-        """A second copy of a task in flight: never run the handler twice at once."""
+        """A second copy of a task in flight: never run the handler twice at once.  The
+        copy is held invisible while it waits (``_decide``), so it is not received again."""
         await first.done.wait()
         if first.settled:
             await delivery.delete()
@@ -121,15 +156,15 @@ class MessageProcessor:
             note_type("unknown", asked=envelope.message_type or None)
             return await self._unknown_type(delivery, envelope)
         note_type(route.message_type)
-        # Invisible while the handler runs, by the queue's one visibility timer.
-        keeper = delivery.queue.keeper
-        keeper.track(delivery.message)
-        try:
-            verdict = await self._step.run(
-                route, envelope.token, envelope.payload, origin=origin, body=envelope.body
-            )
-        finally:
-            keeper.untrack(delivery.message)
+        known = self.memory.verdict(envelope.token)
+        if known is not None:
+            # Decided by an earlier delivery, not confirmed then: send it again rather
+            # than repeat the handler's side effects.
+            note_detail("verdict decided by an earlier delivery sent again; handler not run")
+            return await self._settled(delivery, envelope.token, known)
+        verdict = await self._step.run(
+            route, envelope.token, envelope.payload, origin=origin, body=envelope.body
+        )
         return await self._settle(delivery, route, envelope.token, verdict)
 
     async def _settle(
@@ -174,9 +209,10 @@ class MessageProcessor:
         self, delivery: Delivery, token: str, verdict: Succeeded | Failed
     ) -> Outcome:
         """Complete the task; delete the message once Step Functions has the outcome."""
-        return await self._delete_if_settled(
-            delivery, token, await self._step.complete(token, verdict)
-        )
+        completion = await self._step.complete(token, verdict)
+        if completion.confirmation is Confirmation.UNCONFIRMED:
+            self.memory.unconfirmed(token, verdict)
+        return await self._delete_if_settled(delivery, token, completion)
 
     async def _delete_if_settled(
         self, delivery: Delivery, token: str, completion: Completion

@@ -29,8 +29,11 @@ class Faults:
 
     def __init__(self) -> None:
         self.latency_s = 0.0
+        #: Extra latency of one API (botocore name), on top of ``latency_s``.
+        self.api_latency_s: dict[str, float] = {}
         self.calls: Counter[str] = Counter()
         self._scripted: dict[str, list[BaseException]] = defaultdict(list)
+        self._slow: dict[str, list[float]] = defaultdict(list)
         self._in_flight: Counter[str] = Counter()
         self.max_in_flight: Counter[str] = Counter()
 
@@ -38,14 +41,21 @@ class Faults:
         """Make the next ``times`` calls of ``api`` (botocore name) raise ``error``."""
         self._scripted[api].extend([error] * times)
 
+    def slow_next(self, api: str, seconds: float, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``api`` take ``seconds`` longer."""
+        self._slow[api].extend([seconds] * times)
+
     @asynccontextmanager
     async def _call(self, api: str) -> AsyncIterator[None]:
         self.calls[api] += 1
         self._in_flight[api] += 1
         self.max_in_flight[api] = max(self.max_in_flight[api], self._in_flight[api])
         try:
-            if self.latency_s:
-                await anyio.sleep(self.latency_s)
+            latency_s = self.latency_s + self.api_latency_s.get(api, 0.0)
+            if self._slow[api]:
+                latency_s += self._slow[api].pop(0)
+            if latency_s:
+                await anyio.sleep(latency_s)
             if self._scripted[api]:
                 raise self._scripted[api].pop(0)
             yield

@@ -38,6 +38,8 @@ class _Queue:
     #: Receipt handles no longer current (the message was received again, or deleted),
     #: by the message they named: SQS still accepts them (tests/contract).
     retired: dict[str, str] = field(default_factory=dict)
+    #: The current receipt handles, by the message they name (thousands in flight).
+    current: dict[str, str] = field(default_factory=dict)
 
 
 class FakeSqs(Faults):
@@ -217,7 +219,7 @@ class FakeSqs(Faults):
             deadline = anyio.current_time() + WaitTimeSeconds
             while True:
                 now = anyio.current_time()
-                ready = self._deliverable(queue, now)
+                ready = self._deliverable(queue, now, MaxNumberOfMessages)
                 if ready or now >= deadline:
                     break
                 await anyio.sleep(min(0.005, deadline - now))
@@ -227,7 +229,9 @@ class FakeSqs(Faults):
                 stored.receive_count += 1
                 if stored.receipt_handle is not None:
                     queue.retired[stored.receipt_handle] = stored.message_id
+                    queue.current.pop(stored.receipt_handle, None)
                 stored.receipt_handle = uuid.uuid4().hex
+                queue.current[stored.receipt_handle] = stored.message_id
                 timeout_s = (
                     VisibilityTimeout
                     if VisibilityTimeout is not None
@@ -270,6 +274,7 @@ class FakeSqs(Faults):
                     del queue.messages[found.message_id]
                     if found.receipt_handle is not None:
                         queue.retired[found.receipt_handle] = found.message_id
+                        queue.current.pop(found.receipt_handle, None)
                     successful.append({"Id": entry["Id"]})
                 elif handle in queue.retired:
                     # Deleting a deleted message succeeds, as on SQS.
@@ -324,9 +329,16 @@ class FakeSqs(Faults):
             ) from None
 
     @staticmethod
-    def _deliverable(queue: _Queue, now: float) -> list[_Stored]:
+    def _deliverable(queue: _Queue, now: float, limit: int) -> list[_Stored]:
         if queue.attributes.get("FifoQueue") != "true":
-            return [m for m in queue.messages.values() if m.visible_at <= now]
+            # The first ``limit`` only: thousands may be in flight (tests at scale).
+            ready = []
+            for stored in queue.messages.values():
+                if stored.visible_at <= now:
+                    ready.append(stored)
+                    if len(ready) == limit:
+                        break
+            return ready
         # FIFO: in send order, and nothing of a group while one of its messages is in flight.
         ready, blocked = [], set()
         for stored in queue.messages.values():
@@ -341,8 +353,8 @@ class FakeSqs(Faults):
     @staticmethod
     def _by_handle(queue: _Queue, handle: str) -> _Stored | None:
         """The message still in the queue that ``handle`` names, current or stale."""
-        current = next((m for m in queue.messages.values() if m.receipt_handle == handle), None)
-        if current is not None:
+        current = queue.messages.get(queue.current.get(handle, ""))
+        if current is not None and current.receipt_handle == handle:
             return current
         # A handle from an earlier receive still acts on its message (SQS, moto, LocalStack).
         return queue.messages.get(queue.retired.get(handle, ""))

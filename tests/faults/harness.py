@@ -56,6 +56,10 @@ MIX: dict[str, float] = {
 }
 
 
+#: Kinds whose handler runs once for a task when nothing fails.
+_RUN_ONCE = frozenset({"echo", "reject", "slow", "heartbeat"})
+
+
 @dataclass(frozen=True, slots=True)
 class Expected:
     """What the handler decides for one task, known before the run."""
@@ -109,6 +113,11 @@ class Report:
     wall_s: float
     leaked_tokens: int
     seed: int
+    #: Handler runs, and the most runs of one task that runs once when nothing fails
+    #: (echo, reject, slow, heartbeat).  A kill makes a broker forget a verdict, so it
+    #: is not asserted here: tests/faults/test_persistent_faults.py does.
+    handler_runs: int = 0
+    max_runs: int = 0
 
     def table(self) -> str:
         rows = [
@@ -130,6 +139,7 @@ class Report:
             ("stuck (task open at the end)", self.stuck),
             ("messages left in the source queue", self.left_in_queue),
             ("tokens found in the broker's logs", self.leaked_tokens),
+            ("handler runs / most runs of one task", f"{self.handler_runs} / {self.max_runs}"),
             ("last broker: SIGTERM to exit", f"{self.stop_s:.1f} s, exit {self.final_exit_code}"),
             ("wall time", f"{self.wall_s:.1f} s"),
             ("seed (--seed to replay the plan and faults)", self.seed),
@@ -309,7 +319,10 @@ def run(
             jitter_ms=faults.jitter_ms,
             seed=seed,
         )
+        runs_path = log_path.with_suffix(".runs")
+        runs_path.write_text("")
         env = broker_env(stub.endpoint_url, aws_client=aws_client)
+        env["FAULT_RUNS_FILE"] = str(runs_path)
         # Kill while work is in flight: when a random share of the tasks is closed.
         thresholds = sorted(rng.uniform(0.1, 0.8) for _ in range(kills))
         broker = BrokerProcess(env, log_path)
@@ -386,6 +399,7 @@ def run(
         elif reason != wanted[body]:
             dead_letter_problems.append(f"copy with reason {reason}, expected {wanted[body]}")
 
+    runs = Counter(runs_path.read_text().split())
     log_text = log_path.read_text(errors="replace")
     leaked = sum(1 for token in plan.expected if token in log_text)
     fault_totals = {kind: sum(ops.values()) for kind, ops in stats["faults"].items()}
@@ -417,6 +431,16 @@ def run(
         wall_s=wall_s,
         leaked_tokens=leaked,
         seed=seed,
+        handler_runs=sum(runs.values()),
+        max_runs=max(
+            (
+                count
+                for n, count in runs.items()
+                if plan.messages[int(n)]["attributes"].get("type", {}).get("StringValue")
+                in _RUN_ONCE
+            ),
+            default=0,
+        ),
     )
 
 
