@@ -92,8 +92,10 @@ class BrokerSettings(BaseSettings):
     handlers: tuple[str, ...] = Field(
         default=(), description="JSON list of 'module:attribute' naming Routers to load."
     )
-    entry_points: bool = Field(
-        default=True, description="Load Routers from the 'callback_broker.handlers' entry points."
+    entry_points: bool | tuple[str, ...] = Field(
+        default=True,
+        description="Load Routers from the 'callback_broker.handlers' entry points: true "
+        'all, false none, or a JSON list of the entry points to load (["billing"]).',
     )
     concurrency: int = Field(
         default=128, ge=1, description="Handlers in flight, all queues and activities."
@@ -235,6 +237,23 @@ class BrokerSettings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"{info.field_name} listed twice: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("entry_points", mode="before")
+    @classmethod
+    def _entry_point_selection(cls, value: Any) -> Any:
+        # A bare true/false from the environment or .env; a list names entry points.
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in {"true", "1", "yes", "on"}:
+                return True
+            if word in {"false", "0", "no", "off"}:
+                return False
+            raise ValueError('true, false, or a JSON list of entry-point names (["billing"])')
+        if isinstance(value, list | tuple) and not all(
+            isinstance(name, str) and name for name in value
+        ):
+            raise ValueError("a list of entry-point names (non-empty strings)")
         return value
 
     @field_validator("handlers")
