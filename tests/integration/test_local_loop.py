@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from broker.local.target import LoopbackAws
 from tests.cli import free_port, run_cli
 from tests.local_loop import (
     author_env,
@@ -315,15 +316,8 @@ def test_the_seed_preset_on_moto_serves_the_seed_flows(up: Up, tmp_path: Path) -
 def _heartbeat_answer(endpoint: str, queue: str) -> str:
     """Start the flow ``queue``, take its message and heartbeat its token: "ok" or the
     error code Step Functions answers."""
-    import boto3  # the client a handler author would use beside the broker
-
-    kwargs: dict[str, Any] = {
-        "endpoint_url": endpoint,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "test",
-        "aws_secret_access_key": "test",
-    }
-    sfn, sqs = boto3.client("stepfunctions", **kwargs), boto3.client("sqs", **kwargs)
+    aws = LoopbackAws(endpoint, region="us-east-1")
+    sfn, sqs = aws.client("stepfunctions"), aws.client("sqs")
     machine = next(
         m["stateMachineArn"]
         for m in sfn.list_state_machines()["stateMachines"]
@@ -365,15 +359,7 @@ def test_deploy_heartbeat_and_decisions_for_your_own_queue(up: Up, tmp_path: Pat
     assert len(json.loads(exported["BROKER_DECISION_KEYS"])) == 1
     assert exported["BROKER_DECISION_BASE_URL"] == "http://127.0.0.1:8081"
     # The inbox is subscribed to the topic: what is published there, `inbox` prints.
-    import boto3
-
-    sns = boto3.client(
-        "sns",
-        endpoint_url=up.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    sns = LoopbackAws(up.endpoint, region="us-east-1").client("sns")
     sns.publish(TopicArn=exported["BROKER_DECISION_TOPIC"], Message='{"approve_url": "x"}')
     inbox = run_cli("local", "inbox", "--prefix", "mine", env=env, cwd=tmp_path)
     assert inbox.returncode == 0, inbox.stderr
