@@ -45,6 +45,7 @@ __all__ = ["main", "run_broker"]
 log = logging.getLogger("broker")
 
 _HEALTHCHECK_TIMEOUT_S: Final = 3.0
+_ENDPOINT_LOGGER: Final = "botocore.configprovider"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.log_levels,
             token_fields=[field for queue in settings.queues for field in queue.token_fields],
         )
+        _quiet_endpoint_lookup(settings)
         if args.command == "redrive":
             return _run_async(_redrive, settings, args.dead_letter_queue, args.to, args.max)
         if args.command == "idempotency":
@@ -109,6 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         codes = [_report(exc) for exc in _leaves(matched)]
         return max(codes)
+
+
+def _quiet_endpoint_lookup(settings: BrokerSettings) -> None:
+    """botocore says at INFO where each client's endpoint came from ("Found endpoint for
+    dynamodb via: environment_service"): noise in a command's output and in every start,
+    unless the settings ask for that logger."""
+    if _ENDPOINT_LOGGER not in settings.log_levels:
+        level = max(logging.WARNING, logging.getLevelName(settings.log_level))
+        logging.getLogger(_ENDPOINT_LOGGER).setLevel(level)
 
 
 def _report(exc: BaseException) -> int:
@@ -190,10 +201,16 @@ async def _watch_signals(broker: Broker, scope: anyio.CancelScope) -> None:
 async def _check(settings: BrokerSettings, router: Router) -> int:
     """Every start-up check ``run`` makes, with its lookups and retries; creates nothing."""
     problems: list[str] = []
+    warnings: list[str] = []
 
     def problem(what: str, exc: BaseException) -> None:
         problems.append(what)
         print(f"{what}: PROBLEM: {exc}")
+
+    def warning(what: str, text: str) -> None:
+        # What `run` warns about at start-up: it starts, but a person should look.
+        warnings.append(what)
+        print(f"{what}: WARNING: {text}")
 
     for refusal in configuration_problems(settings, router):
         problem("settings", refusal)
@@ -219,6 +236,13 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
                     f"~{attributes.get('ApproximateNumberOfMessages')} messages, "
                     f"visibility {attributes.get('VisibilityTimeout')}s, {dead_letters})"
                 )
+                if not found.dead_letter_url:
+                    redrive = "with" if "RedrivePolicy" in attributes else "WITHOUT"
+                    warning(
+                        f"queue {queue.name}",
+                        "no dead_letter_queue setting: poison messages are left to the "
+                        f"queue's redrive policy (the queue has been found {redrive} one)",
+                    )
             for activity in settings.activities:
                 try:
                     if activity.create_if_missing:
@@ -261,7 +285,10 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
     if to_create:
         summary.append(_count(to_create, "activity", "activities") + " to create at start-up")
     summary.append(_count(len(router), "handler type"))
-    print(f"check: {', '.join(summary)}; {_count(len(problems), 'problem')}")
+    counts = _count(len(problems), "problem")
+    if warnings:
+        counts += ", " + _count(len(warnings), "warning")
+    print(f"check: {', '.join(summary)}; {counts}")
     return 1 if problems else 0
 
 

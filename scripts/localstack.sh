@@ -41,15 +41,32 @@ find_python313() {
     return 1
 }
 
-healthy() {
-    python3 - "$HEALTH" <<'EOF' >/dev/null 2>&1
+# The services the broker calls (SQS, Step Functions, SNS for task.notify(), DynamoDB for
+# idempotent=True handlers), and those the local loop's state machines use beside them.
+SERVICES="sqs,stepfunctions,sns,dynamodb,sts,events,iam"
+BROKER_SERVICES="sqs stepfunctions sns dynamodb"
+
+# 0: every service the broker uses is available; 1: LocalStack does not answer;
+# 2: it answers without one of them (printed): a LocalStack started with other SERVICES.
+health() {
+    # shellcheck disable=SC2086 # one argument per service
+    python3 - "$HEALTH" $BROKER_SERVICES <<'EOF' 2>/dev/null
 import json, sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-    services = json.load(r).get("services", {})
-# Healthy once the services the broker uses are available (or already running).
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        services = json.load(r).get("services", {})
+except (OSError, ValueError):
+    sys.exit(1)
 ok = {"available", "running"}
-sys.exit(0 if all(services.get(s) in ok for s in ("sqs", "stepfunctions")) else 1)
+missing = [s for s in sys.argv[2:] if services.get(s) not in ok]
+if missing:
+    print(" ".join(missing))
+    sys.exit(2)
 EOF
+}
+
+healthy() {
+    health >/dev/null
 }
 
 install() {
@@ -81,16 +98,23 @@ running_pid() {
 }
 
 start() {
-    if healthy; then
+    local missing status=0
+    missing="$(health)" || status=$?
+    if ((status == 0)); then
         echo "localstack: already healthy at $HEALTH"
         return
+    fi
+    if ((status == 2)); then
+        echo "localstack: the LocalStack at $HOST_PORT runs without $missing (its SERVICES):" \
+            "stop it and run this again" >&2
+        return 1
     fi
     install
     if ! running_pid >/dev/null; then
         echo "localstack: starting on $HOST_PORT (log: $LOG)"
         # setsid: its own process group, so `stop` can end LocalStack and its children.
         GATEWAY_LISTEN="$HOST_PORT" \
-            SERVICES="sqs,stepfunctions,sns,sts,events,iam" \
+            SERVICES="$SERVICES" \
             DISABLE_EVENTS=1 \
             LOCALSTACK_VOLUME_DIR="$PWD/$ROOT/volume" \
             setsid "$VENV/bin/python" -m localstack.runtime.main >"$LOG" 2>&1 </dev/null &

@@ -126,6 +126,8 @@ def classify(exc: BaseException) -> ErrorKind:
             return ErrorKind.TASK_CLOSED
         if code == "InvalidOutput":
             return ErrorKind.INVALID_OUTPUT
+        if is_service_unavailable(exc):
+            return ErrorKind.PERMANENT
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
             return ErrorKind.TRANSIENT
@@ -148,6 +150,15 @@ def _is_aiohttp_error(exc: BaseException) -> bool:
 def is_not_found(exc: BaseException) -> bool:
     """AWS said the resource does not exist (not: refused, throttled, unreachable)."""
     return error_code(exc) in _NOT_FOUND_CODES
+
+
+def is_service_unavailable(exc: BaseException) -> bool:
+    """The endpoint does not serve this service at all: HTTP 501 Not Implemented, as
+    LocalStack answers for a service left out of its ``SERVICES`` ("Service 'dynamodb'
+    is not enabled", code InternalFailure).  Retrying cannot help; AWS never says it."""
+    if not isinstance(exc, ClientError):
+        return False
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 501
 
 
 def is_access_denied(exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ from broker.aws.errors import (
     error_name,
     is_access_denied,
     is_not_found,
+    is_service_unavailable,
 )
 from broker.core.errors import AwsAccessDenied, AwsUnavailable, StartupError
 from broker.core.settings import ENV_PREFIX, BrokerSettings
@@ -78,6 +79,13 @@ def describe_aws_error(
         return AwsAccessDenied(no_credentials(f"calling {api} for {subject}{in_region}"))
     if is_not_found(exc):
         return not_found(f"{subject} not found{in_region} ({code})")
+    if is_service_unavailable(exc):
+        return AwsUnavailable(
+            f"{subject}: the {_service(client)} service is not available at "
+            f"{endpoint or 'the AWS endpoint'} ({code}, HTTP 501 on {api}: "
+            f"{_message(exc)}); an emulator serves it only when enabled (LocalStack: "
+            "SERVICES)"
+        )
     if is_access_denied(exc):
         return AwsAccessDenied(
             f"{subject}: access denied{in_region} ({code} on {api}): the credentials are "
@@ -102,6 +110,18 @@ def describe_aws_error(
         )
     # Neither a known refusal nor transient: say both, with the code to look up.
     return not_found(f"{subject} not found or not accessible{in_region} ({code} on {api})")
+
+
+def _service(client: object) -> str:
+    model = getattr(getattr(client, "meta", None), "service_model", None)
+    name = getattr(model, "service_name", None)
+    return name if isinstance(name, str) else "AWS"
+
+
+def _message(exc: BaseException) -> str:
+    # Only for an answer that says a service is missing: no task token in it.
+    message = exc.response.get("Error", {}).get("Message") if isinstance(exc, ClientError) else None
+    return str(message or "Not Implemented")[:200]
 
 
 def no_credentials(doing: str) -> str:

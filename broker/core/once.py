@@ -281,8 +281,9 @@ def idempotency_problems(settings: BrokerSettings, router: Router) -> list[Confi
         problems.append(
             ConfigError(
                 f"{ENV_PREFIX}IDEMPOTENCY_TABLE: not set, but handler(s) "
-                f"{', '.join(idempotent)} are idempotent=True (create the table with "
+                f"{router.describe(idempotent)} are idempotent=True (create the table with "
                 "`broker idempotency create-table NAME`; docs/fleet.md)"
+                f"{router.plugin_note(idempotent)}"
             )
         )
     untimed = [
@@ -294,8 +295,9 @@ def idempotency_problems(settings: BrokerSettings, router: Router) -> list[Confi
         problems.append(
             ConfigError(
                 f"{ENV_PREFIX}HANDLER_TIMEOUT_S: idempotent=True handler(s) "
-                f"{', '.join(sorted(untimed))} need a timeout (their claim's lease is the "
-                "timeout plus a margin): give them timeout_s or set a default"
+                f"{router.describe(sorted(untimed))} need a timeout (their claim's lease is "
+                "the timeout plus a margin): give them timeout_s or set a default"
+                f"{router.plugin_note(untimed)}"
             )
         )
     return problems

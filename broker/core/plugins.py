@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Iterable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
 from broker.core.errors import ConfigError, RegistrationError
 from broker.core.router import Router
-from broker.core.settings import BrokerSettings
+from broker.core.settings import ENV_PREFIX, BrokerSettings
 
 __all__ = ["ENTRY_POINT_GROUP", "build_router", "import_reference"]
 
@@ -36,21 +37,21 @@ def import_reference(reference: str) -> Any:
 
 
 def build_router(settings: BrokerSettings, routers: Iterable[Router] = ()) -> Router:
-    """Merge the given routers, the entry-point plugins and ``BROKER_HANDLERS`` into one.
+    """Merge the given routers, the entry-point plugins (all, none, or those that
+    ``BROKER_ENTRY_POINTS`` names) and ``BROKER_HANDLERS`` into one.
 
     A message type registered twice anywhere is an error naming both origins.
     """
     merged = Router()
     for router in routers:
         merged.include(router)
-    if settings.entry_points:
-        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-            origin = f"entry point {entry_point.name!r} ({entry_point.value})"
-            try:
-                loaded = entry_point.load()
-            except Exception as exc:
-                raise RegistrationError(f"cannot load {origin}: {exc}") from exc
-            merged.include(_as_router(loaded, origin), origin=origin)
+    for entry_point in _selected_entry_points(settings.entry_points):
+        origin = f"entry point {entry_point.name!r} ({entry_point.value})"
+        try:
+            loaded = entry_point.load()
+        except Exception as exc:
+            raise RegistrationError(f"cannot load {origin}: {exc}") from exc
+        merged.include(_as_router(loaded, origin), origin=origin, entry_point=entry_point.name)
     for reference in settings.handlers:
         merged.include(_as_router(import_reference(reference), reference), origin=reference)
     for queue in settings.queues:
@@ -60,6 +61,26 @@ def build_router(settings: BrokerSettings, routers: Iterable[Router] = ()) -> Ro
                 f"{queue.default_handler!r}, which no handler is registered for"
             )
     return merged
+
+
+def _selected_entry_points(selection: bool | tuple[str, ...]) -> list[EntryPoint]:
+    """Every installed plugin (``True``), none, or those named: a name that is not
+    installed is an error naming the closest installed one."""
+    if selection is False or selection == ():
+        return []
+    installed = list(entry_points(group=ENTRY_POINT_GROUP))
+    if selection is True:
+        return installed
+    names = [entry_point.name for entry_point in installed]
+    for name in selection:
+        if name not in names:
+            closest = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f"did you mean {closest[0]!r}? " if closest else ""
+            raise ConfigError(
+                f"{ENV_PREFIX}ENTRY_POINTS: no installed plugin has the entry point {name!r} "
+                f"in {ENTRY_POINT_GROUP!r} ({hint}installed: {', '.join(names) or 'none'})"
+            )
+    return [entry_point for entry_point in installed if entry_point.name in selection]
 
 
 def _as_router(obj: Any, origin: str) -> Router:

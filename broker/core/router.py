@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -59,6 +59,8 @@ class Route:
     payload_adapter: TypeAdapter[Any] | None
     #: Where the handler was registered from, for errors and ``broker handlers``.
     origin: str = field(default="")
+    #: The name of the installed plugin's entry point it came from, else "".
+    entry_point: str = field(default="")
 
     @property
     def handler_name(self) -> str:
@@ -144,8 +146,9 @@ class Router:
         self._put(route)
         return route
 
-    def include(self, other: Router, *, origin: str = "") -> None:
-        """Take every route of ``other``; a type both routers handle is an error."""
+    def include(self, other: Router, *, origin: str = "", entry_point: str = "") -> None:
+        """Take every route of ``other``; a type both routers handle is an error.
+        ``entry_point``: the installed plugin's entry point ``other`` was loaded from."""
         for route in other:
             self._put(
                 Route(
@@ -154,8 +157,32 @@ class Router:
                     options=route.options,
                     payload_adapter=route.payload_adapter,
                     origin=origin or route.origin,
+                    entry_point=entry_point or route.entry_point,
                 )
             )
+
+    def describe(self, message_types: Iterable[str]) -> str:
+        """The types, for an error about them, each with where it came from."""
+        routes = [self._routes[name] for name in message_types if name in self._routes]
+        return ", ".join(f"{route.message_type!r} (from {route.origin})" for route in routes)
+
+    def plugin_note(self, message_types: Iterable[str]) -> str:
+        """When an installed plugin brought any of the types: how to start without it (a
+        plugin installed for other reasons must not stop every other router); else ""."""
+        plugins = sorted(
+            {
+                route.entry_point
+                for name in message_types
+                if (route := self._routes.get(name)) is not None and route.entry_point
+            }
+        )
+        if not plugins:
+            return ""
+        listed = ", ".join(map(repr, plugins))
+        return (
+            f"; the installed plugin(s) {listed} brought them: BROKER_ENTRY_POINTS=false "
+            "loads no plugin, a JSON list of entry-point names loads only those"
+        )
 
     def get(self, message_type: str) -> Route | None:
         return self._routes.get(message_type)

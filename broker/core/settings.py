@@ -14,7 +14,6 @@ in a shared ``.env``) are ignored.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
@@ -31,19 +30,20 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
-    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
 
 from broker.core.errors import ConfigError
+from broker.core.settings_errors import describe
 from broker.core.settings_models import ENV_PREFIX, ActivitySettings, QueueSettings
+from broker.core.settings_origins import ORIGINS, Given, OriginsKept, field_of
 from broker.core.settings_sources import (
     ALLOWED_FOREIGN_VARIABLES,
-    RETIRED_VARIABLES,
     NamesChecked,
     UnknownSettings,
+    UnparsableSetting,
     read_config_file,
     variable_names,
 )
@@ -69,7 +69,7 @@ def _level(value: str) -> str:
     return level
 
 
-class BrokerSettings(BaseSettings):
+class BrokerSettings(OriginsKept):
     """Every setting of the broker.  Environment variables are ``BROKER_`` + the name."""
 
     # extra="forbid" catches unknown keyword arguments and config-file keys; the
@@ -92,8 +92,10 @@ class BrokerSettings(BaseSettings):
     handlers: tuple[str, ...] = Field(
         default=(), description="JSON list of 'module:attribute' naming Routers to load."
     )
-    entry_points: bool = Field(
-        default=True, description="Load Routers from the 'callback_broker.handlers' entry points."
+    entry_points: bool | tuple[str, ...] = Field(
+        default=True,
+        description="Load Routers from the 'callback_broker.handlers' entry points: true "
+        'all, false none, or a JSON list of the entry points to load (["billing"]).',
     )
     concurrency: int = Field(
         default=128, ge=1, description="Handlers in flight, all queues and activities."
@@ -237,6 +239,23 @@ class BrokerSettings(BaseSettings):
             raise ValueError(f"{info.field_name} listed twice: {', '.join(duplicates)}")
         return value
 
+    @field_validator("entry_points", mode="before")
+    @classmethod
+    def _entry_point_selection(cls, value: Any) -> Any:
+        # A bare true/false from the environment or .env; a list names entry points.
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in {"true", "1", "yes", "on"}:
+                return True
+            if word in {"false", "0", "no", "off"}:
+                return False
+            raise ValueError('true, false, or a JSON list of entry-point names (["billing"])')
+        if isinstance(value, list | tuple) and not all(
+            isinstance(name, str) and name for name in value
+        ):
+            raise ValueError("a list of entry-point names (non-empty strings)")
+        return value
+
     @field_validator("handlers")
     @classmethod
     def _handler_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -311,7 +330,7 @@ class BrokerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = InitSettingsSource(settings_cls, init_kwargs=cls.config_file_values)
+        config_file = Given(settings_cls, cls.config_file_values, "file")
         return (
             init_settings,
             NamesChecked(settings_cls, env_settings, where=""),
@@ -336,49 +355,32 @@ def unknown_variables(variables: Mapping[str, str | None], where: str = "") -> l
 def load_settings(config_file: Path | None = None, **overrides: Any) -> BrokerSettings:
     """Build the settings, translating every problem into one ``ConfigError``.
 
-    The message names each bad setting as its environment variable, so the operator
-    sees ``BROKER_QUEUES`` rather than a pydantic location.
+    Each message names where the bad value came from: the environment variable (or
+    ``.env``), or the config file and the key in it, with the closest valid name for an
+    unknown one and the position of a JSON error.
     """
     settings_cls: type[BrokerSettings] = BrokerSettings
+    values: dict[str, Any] = {}
     if config_file is not None:
         values = read_config_file(config_file)
         settings_cls = type("BrokerSettings", (BrokerSettings,), {"config_file_values": values})
+    origins: dict[str, str] = {}
+    token = ORIGINS.set(origins)
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
-    except UnknownSettings as exc:
+        message = describe(
+            exc,
+            fields=list(BrokerSettings.model_fields),
+            field_of=lambda key: field_of(BrokerSettings, key),
+            origins=origins,
+            config_file=config_file,
+            file_values=values,
+        )
+        raise ConfigError(message) from exc
+    except (UnknownSettings, UnparsableSetting) as exc:
         raise ConfigError(f"invalid settings:\n  {exc}") from exc
     except SettingsError as exc:
-        # pydantic-settings names the field, not the variable: "error parsing value for
-        # field "queues" from source ..." — usually a value that is not valid JSON.
-        match = re.search(r'field "(\w+)"', str(exc))
-        setting = _setting_name(match.group(1)) if match else "a setting"
-        raise ConfigError(
-            f"{setting}: cannot parse the value (lists and objects are JSON): {exc}"
-        ) from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        location = [str(part) for part in error["loc"]]
-        field = location[0] if location else ""
-        setting = _setting_name(field)
-        where = ".".join(location[1:])
-        suffix = f" (at {where})" if where else ""
-        message = error["msg"]
-        retired = ENV_PREFIX + field.upper()
-        if error["type"] == "extra_forbidden" and retired in RETIRED_VARIABLES:
-            setting, message = retired, RETIRED_VARIABLES[retired]
-        lines.append(f"{setting}{suffix}: {message}")
-    return "invalid settings:\n  " + "\n  ".join(lines)
-
-
-def _setting_name(field: str) -> str:
-    known = {"aws_region": "AWS_REGION", "aws_endpoint_url": "AWS_ENDPOINT_URL"}
-    if field in known:
-        return known[field]
-    if field in BrokerSettings.model_fields:
-        return ENV_PREFIX + field.upper()
-    return field or "settings"
+        raise ConfigError(f"settings: cannot parse a value: {exc.__cause__ or exc}") from exc
+    finally:
+        ORIGINS.reset(token)

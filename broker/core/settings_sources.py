@@ -22,11 +22,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from broker.core.errors import ConfigError
 from broker.core.settings_models import ENV_PREFIX
+from broker.core.settings_origins import record
 
 __all__ = [
     "ALLOWED_FOREIGN_VARIABLES",
     "NamesChecked",
     "UnknownSettings",
+    "UnparsableSetting",
     "read_config_file",
     "unknown_variables",
     "variable_names",
@@ -56,6 +58,10 @@ RETIRED_VARIABLES: Final = {
 
 class UnknownSettings(SettingsError):
     """``BROKER_*`` names that are no setting; the message names each and its closest."""
+
+
+class UnparsableSetting(SettingsError):
+    """A variable whose value does not parse (bad JSON); the message says where."""
 
 
 def variable_names(settings_cls: type[BaseSettings]) -> tuple[str, ...]:
@@ -125,7 +131,19 @@ class NamesChecked(PydanticBaseSettingsSource):
         problems = unknown_variables(variables, variable_names(self.settings_cls), self._where)
         if problems:
             raise UnknownSettings("\n  ".join(problems))
-        return {k: v for k, v in self._source().items() if k in self._known}
+        try:
+            values = {k: v for k, v in self._source().items() if k in self._known}
+        except SettingsError as exc:
+            # pydantic-settings names the field, and keeps the JSON error (its line and
+            # column) only as the cause: say both, as the variable the user set.
+            match = re.search(r'field "(\w+)"', str(exc))
+            variable = ENV_PREFIX + match.group(1).upper() if match else "a setting"
+            raise UnparsableSetting(
+                f"{variable}{self._where}: cannot parse the value (lists and objects are "
+                f"JSON): {exc.__cause__ or exc}"
+            ) from exc
+        record(self.settings_cls, values, ".env" if self._where else "env")
+        return values
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

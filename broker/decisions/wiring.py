@@ -21,27 +21,27 @@ def decision_problems(settings: BrokerSettings, router: Router) -> list[ConfigEr
     deciding = sorted(route.message_type for route in router if route.options.decisions)
     notifying = sorted(route.message_type for route in router if route.options.notify)
     if deciding:
-        wanted = f"handler type(s) {', '.join(map(repr, deciding))} have decisions=True"
+        wanted = f"handler type(s) {router.describe(deciding)} have decisions=True"
         if not settings.decision_keys:
             problems.append(
                 ConfigError(
                     f"{ENV_PREFIX}DECISION_KEYS: not set, and {wanted}; set a JSON list of "
-                    f"keys (`broker decisions keygen` prints one)"
+                    f"keys (`broker decisions keygen` prints one){router.plugin_note(deciding)}"
                 )
             )
         if not settings.decision_base_url:
             problems.append(
                 ConfigError(
                     f"{ENV_PREFIX}DECISION_BASE_URL: not set, and {wanted}; set the public "
-                    f"URL in front of the decision listener"
+                    f"URL in front of the decision listener{router.plugin_note(deciding)}"
                 )
             )
     if notifying and not settings.decision_topic:
         problems.append(
             ConfigError(
                 f"{ENV_PREFIX}DECISION_TOPIC: not set, and handler type(s) "
-                f"{', '.join(map(repr, notifying))} have notify=True; set the SNS topic "
-                f"(name or ARN)"
+                f"{router.describe(notifying)} have notify=True; set the SNS topic "
+                f"(name or ARN){router.plugin_note(notifying)}"
             )
         )
     if settings.decision_keys:

@@ -21,8 +21,10 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from broker.local.deploy import (
     Deployed,
     NameRefused,
+    check_heartbeat,
     check_name,
     deploy_activity,
+    deploy_decisions,
     deploy_queue,
     deploy_seeds,
     merge_rows,
@@ -193,21 +195,36 @@ def _deploy(args: argparse.Namespace) -> int:
         check_name(args.activity, "activity")
     else:
         check_name(args.prefix, "prefix")
+        if args.heartbeat is not None or args.decisions:
+            # The seed flows come with their own: a heartbeat on the activity, the topic.
+            raise NameRefused("--heartbeat and --decisions are for --queue and --activity")
+    check_heartbeat(args.heartbeat, activity=args.activity is not None)
+    if args.decisions:
+        check_name(f"{args.prefix}-decisions-inbox", "prefix", suffix="-dlq")
     aws = _aws(args)
     if args.preset is not None:
         return _deploy_seeds(aws, args.prefix)
     if args.activity is not None:
         if emulator_kind(aws.endpoint_url) == "moto":
             raise _Unusable("moto has no GetActivityTask: deploy activities on LocalStack")
-        deployed = deploy_activity(aws, args.activity, args.type)
+        deployed = deploy_activity(aws, args.activity, args.type, heartbeat_s=args.heartbeat)
         what = f"activity {args.activity} and its flow {deployed.flow}"
     else:
-        deployed = deploy_queue(aws, args.queue, shape, args.type)
+        deployed = deploy_queue(aws, args.queue, shape, args.type, heartbeat_s=args.heartbeat)
         what = (
             f"queue {args.queue} (dead letters: {deployed.row['dead_letter_queue']}), "
             f"flow {deployed.flow} sending the {shape.name} shape"
         )
-    _exports({deployed.variable: json.dumps(_rows(deployed))})
+    if args.heartbeat is not None:
+        what += f", HeartbeatSeconds {args.heartbeat}"
+    exports = {deployed.variable: json.dumps(_rows(deployed))}
+    if args.decisions:
+        exports |= deploy_decisions(aws, prefix=args.prefix)
+        what += (
+            f", decision topic {args.prefix}-decisions (links: broker local inbox"
+            f"{'' if args.prefix == 'local' else ' --prefix ' + args.prefix})"
+        )
+    _exports(exports)
     print(
         f"broker local deploy: {what}; try it: broker local start {deployed.flow} "
         "'<input JSON>' --wait",

@@ -48,12 +48,15 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "\nmessage has --shape's body. --activity NAME: the activity and a state machine"
         "\nNAME with one task on it (LocalStack: moto has no GetActivityTask). --preset"
         "\nseeds: the seed flows, as `make demo` and the LocalStack walk use them."
+        "\n--heartbeat S: the task's HeartbeatSeconds (else heartbeats get InvalidToken)."
+        "\n--decisions: the topic PREFIX-decisions, its inbox and the decision settings."
         "\nPrints the BROKER_* export lines that serve what it made (BROKER_QUEUES and"
         "\nBROKER_ACTIVITIES keep the other rows already in the environment). Deploying"
         "\nagain changes nothing. The endpoint is AWS_ENDPOINT_URL, --endpoint or"
         "\n--localstack, and must be on loopback.",
         'eval "$(broker local deploy --queue orders --type order)"\n'
         '  eval "$(broker local deploy --queue refunds --shape seed-004 --type refund)"\n'
+        '  eval "$(broker local deploy --queue approvals --heartbeat 60 --decisions)"\n'
         '  eval "$(broker local deploy --activity review --type review)"   # LocalStack\n'
         '  eval "$(broker local deploy --preset seeds)"',
     ),
@@ -127,7 +130,9 @@ def add_local_commands(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_SHAPE,
         help="the message body (default broker: the broker's contract; seed-*: the seeds')",
     )
-    deploy.add_argument("--prefix", default="local", help="--preset seeds: names' prefix")
+    deploy.add_argument("--heartbeat", type=int, metavar="S", help="the task's HeartbeatSeconds")
+    deploy.add_argument("--decisions", action="store_true", help="a decision topic and inbox")
+    deploy.add_argument("--prefix", default="local", help="--preset, --decisions: names' prefix")
     start = parsers["start"]
     start.add_argument("flow", help="the state machine's name")
     start.add_argument("input", help="the execution input, JSON")

@@ -95,19 +95,25 @@ def callback_definitions(queues: Mapping[str, str]) -> dict[str, dict[str, Any]]
 
 
 def callback_flow_definition(
-    queue_url: str, message_body: Mapping[str, str], *, message_type: str | None
+    queue_url: str,
+    message_body: Mapping[str, str],
+    *,
+    message_type: str | None,
+    heartbeat_s: int | None = None,
 ) -> dict[str, Any]:
     """One callback task on one queue (``broker local deploy --queue``); its result is the
-    execution's output."""
+    execution's output.  ``heartbeat_s``: its ``HeartbeatSeconds`` (without it, Step
+    Functions answers a heartbeat for the task ``InvalidToken``)."""
+    task: dict[str, Any] = {
+        **_callback_task(queue_url, message_body, message_type=message_type),
+        "End": True,
+    }
+    if heartbeat_s is not None:
+        task["HeartbeatSeconds"] = heartbeat_s
     return {
         "Comment": "broker local deploy: one callback task, completed by the broker.",
         "StartAt": "Handle",
-        "States": {
-            "Handle": {
-                **_callback_task(queue_url, message_body, message_type=message_type),
-                "End": True,
-            }
-        },
+        "States": {"Handle": task},
     }
 
 

@@ -19,7 +19,9 @@ from broker.local.definitions import callback_flow_definition
 from broker.local.endpoint import AwsEndpoint
 from broker.local.flows import (
     SEED_ROUTERS,
+    decision_settings,
     deploy_activity_flow,
+    deploy_decision_topic,
     deploy_seed_flows,
     put_state_machine,
     seed_decision_settings,
@@ -31,8 +33,10 @@ __all__ = [
     "DECISION_PORT",
     "Deployed",
     "NameRefused",
+    "check_heartbeat",
     "check_name",
     "deploy_activity",
+    "deploy_decisions",
     "deploy_queue",
     "deploy_seeds",
     "merge_rows",
@@ -74,8 +78,16 @@ def check_name(name: str, what: str, *, suffix: str = "") -> None:
         )
 
 
-def deploy_queue(aws: AwsEndpoint, name: str, shape: Shape, message_type: str | None) -> Deployed:
-    """The queue ``name``, ``name-dlq`` and the state machine ``name`` sending ``shape``."""
+def deploy_queue(
+    aws: AwsEndpoint,
+    name: str,
+    shape: Shape,
+    message_type: str | None,
+    *,
+    heartbeat_s: int | None = None,
+) -> Deployed:
+    """The queue ``name``, ``name-dlq`` and the state machine ``name`` sending ``shape``
+    (its task with ``HeartbeatSeconds`` ``heartbeat_s`` when given)."""
     check_name(name, "queue", suffix=_DLQ_SUFFIX)
     if shape.type_required and message_type is None:
         raise NameRefused(f"shape {shape.name} carries no type in its body: give --type")
@@ -84,16 +96,24 @@ def deploy_queue(aws: AwsEndpoint, name: str, shape: Shape, message_type: str | 
     dead_letters = name + _DLQ_SUFFIX
     sqs.create_queue(QueueName=dead_letters)
     definition = callback_flow_definition(
-        url, shape.body, message_type=message_type if shape.type_as_attribute else None
+        url,
+        shape.body,
+        message_type=message_type if shape.type_as_attribute else None,
+        heartbeat_s=heartbeat_s,
     )
     arn = put_state_machine(aws.client("stepfunctions"), name, json.dumps(definition))
     return Deployed(name, arn, "BROKER_QUEUES", shape.queue_row(name, dead_letters, message_type))
 
 
-def deploy_activity(aws: AwsEndpoint, name: str, message_type: str | None) -> Deployed:
+def deploy_activity(
+    aws: AwsEndpoint, name: str, message_type: str | None, *, heartbeat_s: int | None = None
+) -> Deployed:
     """The activity ``name`` and a state machine ``name`` with one task on it."""
     check_name(name, "activity")
-    flow = deploy_activity_flow(aws, name=name, timeout_s=_ACTIVITY_TIMEOUT_S)
+    check_heartbeat(heartbeat_s, activity=True)
+    flow = deploy_activity_flow(
+        aws, name=name, heartbeat_s=heartbeat_s, timeout_s=_ACTIVITY_TIMEOUT_S
+    )
     # Without --type the broker routes by the input's `type` field, as on a queue.
     route = {"handler": message_type} if message_type is not None else {"type_field": "type"}
     return Deployed(name, flow.state_machine_arn, "BROKER_ACTIVITIES", {"name": name, **route})
@@ -114,6 +134,29 @@ def deploy_seeds(aws: AwsEndpoint, *, prefix: str, activity: bool) -> dict[str, 
         deploy_activity_flow(aws, name=name, heartbeat_s=60)
         settings["BROKER_ACTIVITIES"] = json.dumps([{"name": name, "handler": "verify"}])
     return {**settings, **seed_decision_settings(flows, port=DECISION_PORT)}
+
+
+def check_heartbeat(heartbeat_s: int | None, *, activity: bool) -> None:
+    """``HeartbeatSeconds`` as Step Functions takes it: positive, and below the task's
+    ``TimeoutSeconds`` (an activity task's is 300 s here; a callback task has none)."""
+    if heartbeat_s is None:
+        return
+    if heartbeat_s < 1:
+        raise NameRefused(f"--heartbeat {heartbeat_s}: a number of seconds, at least 1")
+    if activity and heartbeat_s >= _ACTIVITY_TIMEOUT_S:
+        raise NameRefused(
+            f"--heartbeat {heartbeat_s}: must be below the activity task's "
+            f"TimeoutSeconds ({_ACTIVITY_TIMEOUT_S})"
+        )
+
+
+def deploy_decisions(aws: AwsEndpoint, *, prefix: str) -> dict[str, str]:
+    """The decision topic ``prefix-decisions``, its inbox queue ``prefix-decisions-inbox``
+    (``broker local inbox``), and the decision settings (a fresh key, the listener on
+    127.0.0.1:8081)."""
+    check_name(f"{prefix}-decisions-inbox", "prefix", suffix=_DLQ_SUFFIX)
+    topic_arn, _ = deploy_decision_topic(aws, prefix)
+    return decision_settings(topic_arn, port=DECISION_PORT)
 
 
 def merge_rows(current: str | None, rows: Sequence[Mapping[str, Any]]) -> list[Any]:

@@ -26,8 +26,13 @@ AWS_OVERRIDES: Final = (
     "AWS_DEFAULT_PROFILE",
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL",
+    # One per service the broker calls (SQS, Step Functions, SNS for task.notify(),
+    # DynamoDB for idempotent=True): any of them left set would send that one service
+    # to the user's own endpoint.
     "AWS_ENDPOINT_URL_SQS",
     "AWS_ENDPOINT_URL_SFN",
+    "AWS_ENDPOINT_URL_SNS",
+    "AWS_ENDPOINT_URL_DYNAMODB",
     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
 )
 

@@ -30,7 +30,9 @@ __all__ = [
     "SEED_ROUTERS",
     "ActivityFlow",
     "SeedFlows",
+    "decision_settings",
     "deploy_activity_flow",
+    "deploy_decision_topic",
     "deploy_seed_flows",
     "put_state_machine",
     "queue_name",
@@ -95,11 +97,11 @@ def deploy_seed_flows(
         flow: put_state_machine(sfn, f"{prefix}-{flow}", json.dumps(definition))
         for flow, definition in callback_definitions(queues).items()
     }
-    topic_arn, inbox_url = _deploy_decision_topic(aws, prefix)
+    topic_arn, inbox_url = deploy_decision_topic(aws, prefix)
     return SeedFlows(queues, state_machines, dead_letters, topic_arn, inbox_url)
 
 
-def _deploy_decision_topic(aws: AwsEndpoint, prefix: str) -> tuple[str, str]:
+def deploy_decision_topic(aws: AwsEndpoint, prefix: str) -> tuple[str, str]:
     """The topic f"{prefix}-decisions" and the queue f"{prefix}-decisions-inbox" on it.
 
     Raw delivery: the queue receives the message's ``default`` text (the approval
@@ -130,10 +132,16 @@ def seed_decision_settings(flows: SeedFlows, *, port: int) -> dict[str, str]:
     """The decision settings (``BROKER_DECISION_*``) for seed 004's approval handler: the
     deployed topic, one fresh key, and the listener on loopback at ``port`` (no proxy in
     front, so the links point at it directly)."""
+    return decision_settings(flows.topic_arn, port=port)
+
+
+def decision_settings(topic_arn: str, *, port: int) -> dict[str, str]:
+    """The decision settings for ``topic_arn``: one fresh key, the listener on loopback at
+    ``port`` (no proxy in front, so the links point at it directly)."""
     # A key as `broker decisions keygen` prints one: 32 random bytes, URL-safe base64.
     key = base64.urlsafe_b64encode(os.urandom(32)).decode()
     return {
-        "BROKER_DECISION_TOPIC": flows.topic_arn,
+        "BROKER_DECISION_TOPIC": topic_arn,
         "BROKER_DECISION_KEYS": json.dumps([key]),
         "BROKER_DECISION_BASE_URL": f"http://127.0.0.1:{port}",
         "BROKER_DECISION_HOST": "127.0.0.1",

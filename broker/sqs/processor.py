@@ -119,6 +119,12 @@ class MessageProcessor:
         note_token(parsed.token)
         first = self._in_flight.get(parsed.token)
         if first is not None:
+            # Its outcome line and metric name the type, as the first copy's do.
+            route = self._router.get(parsed.message_type) if parsed.message_type else None
+            note_type(
+                route.message_type if route else "unknown",
+                asked=None if route else parsed.message_type,
+            )
             return await self._duplicate(delivery, first)
         if self.memory.is_settled(parsed.token):
             # Received again as (or just after) it was settled: its delete raced this

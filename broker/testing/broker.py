@@ -12,6 +12,7 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from broker.aws.protocols import AwsClients
 from broker.core.errors import DecisionsNotConfigured
@@ -35,6 +36,31 @@ _TEST_TOPIC = "decisions"
 _TEST_TABLE = "broker-idempotency"
 
 
+class _GivenOnly(BrokerSettings):
+    """Settings from keyword arguments alone: no environment, no ``.env``, no file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _given_only(settings: BrokerSettings | None) -> BrokerSettings | None:
+    """``settings`` without what the environment and ``.env`` put in when they were built:
+    a test must pass or fail the same in any shell (one with the local loop's
+    ``BROKER_HTTP_PORT`` or ``BROKER_DECISION_TOPIC`` exported, say)."""
+    if settings is None or not settings.from_environment():
+        return settings
+    given = settings.model_fields_set - settings.from_environment()
+    return _GivenOnly(**{name: getattr(settings, name) for name in given})
+
+
 class TestBroker:
     """The real ``Broker`` on in-memory fakes.  An async context manager.
 
@@ -49,6 +75,10 @@ class TestBroker:
     shorten the visibility timeouts a running handler relies on); pass your own settings
     to run with the production backoff (1 to 2 s before the first retry, doubling after)
     and give ``wait_idle`` a ``timeout_s`` that covers it.
+
+    Its settings come only from what the test passes, whatever the shell or a ``.env``
+    says: values that ``BROKER_*`` variables put into ``settings`` when it was built are
+    left out (the defaults apply), and the default settings read no environment.
 
     Tracing is off unless ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) is
     given, whatever the environment says.
@@ -77,7 +107,7 @@ class TestBroker:
         dynamodb: FakeDynamoDb | None = None,
         tracer_provider: Any = None,
     ) -> None:
-        settings = settings or BrokerSettings(
+        settings = _given_only(settings) or _GivenOnly(
             queues=(QueueSettings(name="tasks", wait_time_s=1),),
             entry_points=False,
             delete_linger_s=0.01,

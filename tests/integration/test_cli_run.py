@@ -35,6 +35,31 @@ def test_check_reaches_queues_and_lists_routes(
     assert "verify" in result.stdout
 
 
+def test_check_shows_what_run_warns_about_as_a_warning(aws: EmbeddedAws, tmp_path: Path) -> None:
+    sqs = aws.client("sqs")
+    for name in ("check-no-dlq", "check-dlq", "check-with-dlq"):
+        sqs.create_queue(QueueName=name)
+    queues = ["check-no-dlq", {"name": "check-with-dlq", "dead_letter_queue": "check-dlq"}]
+    env = broker_env(
+        aws,
+        BROKER_QUEUES=json.dumps(queues),
+        BROKER_HANDLERS='["handlers.seeds:router"]',
+        BROKER_ENTRY_POINTS="false",
+    )
+    result = run_cli("check", env=env, cwd=tmp_path)
+    # A warning is not a problem: the broker starts with it, so check passes.
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        "queue check-no-dlq: WARNING: no dead_letter_queue setting: poison messages are left "
+        "to the queue's redrive policy (the queue has been found WITHOUT one)"
+    ) in lines
+    assert not any(line.startswith("queue check-with-dlq: WARNING") for line in lines)
+    assert (
+        lines[-1] == "check: 2 queues ok, 0 activities ok, 6 handler types; 0 problems, 1 warning"
+    )
+
+
 def test_check_and_run_find_the_decision_topic_or_name_the_setting(
     aws: EmbeddedAws, seed_flows: SeedFlows, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from broker.local.target import LoopbackAws
 from tests.cli import free_port, run_cli
 from tests.local_loop import (
     author_env,
@@ -310,3 +311,61 @@ def test_the_seed_preset_on_moto_serves_the_seed_flows(up: Up, tmp_path: Path) -
     assert ran.returncode == 0, ran.stderr
     (ended,) = ran.endings()
     assert ended["status"] == "SUCCEEDED", ended
+
+
+def _heartbeat_answer(endpoint: str, queue: str) -> str:
+    """Start the flow ``queue``, take its message and heartbeat its token: "ok" or the
+    error code Step Functions answers."""
+    aws = LoopbackAws(endpoint, region="us-east-1")
+    sfn, sqs = aws.client("stepfunctions"), aws.client("sqs")
+    machine = next(
+        m["stateMachineArn"]
+        for m in sfn.list_state_machines()["stateMachines"]
+        if m["name"] == queue
+    )
+    sfn.start_execution(stateMachineArn=machine, input="{}")
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    deadline = time.monotonic() + 30
+    messages: list[dict[str, Any]] = []
+    while not messages and time.monotonic() < deadline:
+        messages = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", [])
+    assert messages, "the flow sent no message"
+    token = json.loads(messages[0]["Body"])["TaskToken"]
+    try:
+        sfn.send_task_heartbeat(taskToken=token)
+    except sfn.exceptions.ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return "ok"
+
+
+def test_deploy_heartbeat_and_decisions_for_your_own_queue(up: Up, tmp_path: Path) -> None:
+    env = author_env(AWS_ENDPOINT_URL=up.endpoint)
+    plain = run_cli("local", "deploy", "--queue", "plain", env=env, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "BROKER_DECISION_TOPIC" not in _exported(plain.stdout)
+    deployed = run_cli(
+        "local", "deploy", "--queue", "beating", "--type", "approve", "--heartbeat", "60",
+        "--decisions", "--prefix", "mine", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    assert "HeartbeatSeconds 60" in deployed.stderr
+    assert "decision topic mine-decisions" in deployed.stderr
+    # The state has HeartbeatSeconds: a heartbeat is taken, where without it the
+    # emulator answers InvalidToken.
+    assert _heartbeat_answer(up.endpoint, "plain") == "InvalidToken"
+    assert _heartbeat_answer(up.endpoint, "beating") == "ok"
+    exported = _exported(deployed.stdout)
+    assert exported["BROKER_DECISION_TOPIC"].endswith(":mine-decisions")
+    assert len(json.loads(exported["BROKER_DECISION_KEYS"])) == 1
+    assert exported["BROKER_DECISION_BASE_URL"] == "http://127.0.0.1:8081"
+    # The inbox is subscribed to the topic: what is published there, `inbox` prints.
+    sns = LoopbackAws(up.endpoint, region="us-east-1").client("sns")
+    sns.publish(TopicArn=exported["BROKER_DECISION_TOPIC"], Message='{"approve_url": "x"}')
+    inbox = run_cli("local", "inbox", "--prefix", "mine", env=env, cwd=tmp_path)
+    assert inbox.returncode == 0, inbox.stderr
+    assert json.loads(inbox.stdout.splitlines()[0]) == {"approve_url": "x"}
+    refused = run_cli(
+        "local", "deploy", "--preset", "seeds", "--heartbeat", "5", env=env, cwd=tmp_path
+    )
+    assert refused.returncode != 0
+    assert "--heartbeat and --decisions are for --queue and --activity" in refused.stderr

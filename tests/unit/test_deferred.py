@@ -106,11 +106,12 @@ async def test_decision_links_without_the_option_raise_decisions_not_configured(
 def test_start_up_needs_keys_and_base_url_for_a_decisions_route() -> None:
     router, _ = deferring_router(decisions=True)
     problems = [str(p) for p in configuration_problems(make_settings(), router)]
+    origin = router.routes["approval"].origin
     assert problems == [
-        "BROKER_DECISION_KEYS: not set, and handler type(s) 'approval' have decisions=True; "
-        "set a JSON list of keys (`broker decisions keygen` prints one)",
-        "BROKER_DECISION_BASE_URL: not set, and handler type(s) 'approval' have "
-        "decisions=True; set the public URL in front of the decision listener",
+        f"BROKER_DECISION_KEYS: not set, and handler type(s) 'approval' (from {origin}) have "
+        "decisions=True; set a JSON list of keys (`broker decisions keygen` prints one)",
+        f"BROKER_DECISION_BASE_URL: not set, and handler type(s) 'approval' (from {origin}) "
+        "have decisions=True; set the public URL in front of the decision listener",
     ]
     with pytest.raises(ConfigError, match="BROKER_DECISION_KEYS: not set"):
         Broker(make_settings(), router)

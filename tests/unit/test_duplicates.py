@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
 import orjson
+import pytest
 
 from broker import Outcome, Router, Task
 from broker.testing import TestBroker
@@ -62,3 +64,22 @@ async def test_a_duplicate_of_an_unsettled_task_comes_back_too() -> None:
     assert tb.sfn.outcomes[token].output == "second time lucky"
     assert tb.sqs.count("tasks") == 0
     assert tb.broker.stats.total(Outcome.DUPLICATE) == 1
+
+
+async def test_a_duplicates_outcome_names_its_type(caplog: pytest.LogCaptureFixture) -> None:
+    router = Router()
+
+    @router.handler("slow")
+    async def slow(task: Task[Any]) -> str:
+        await anyio.sleep(0.2)
+        return "once"
+
+    caplog.set_level(logging.INFO, logger="broker.outcome")
+    async with TestBroker(router, make_settings(concurrency=4)) as tb:
+        put_twice(tb, tb.sfn.new_token())
+        await tb.wait_idle()
+    duplicates = [r for r in caplog.records if getattr(r, "outcome", None) == "duplicate"]
+    assert len(duplicates) == 1
+    assert getattr(duplicates[0], "type", None) == "slow"
+    assert duplicates[0].getMessage().startswith("slow ")
+    assert tb.broker.stats.by_type[("tasks", "slow", Outcome.DUPLICATE)] == 1

@@ -3,6 +3,7 @@ the export lines (the commands themselves run in tests/integration/test_local_lo
 
 from __future__ import annotations
 
+import botocore.session
 import pytest
 
 from broker.local.deploy import NameRefused, check_name, merge_rows
@@ -82,3 +83,25 @@ def test_export_lines_unset_what_would_win_and_quote_values(
     assert "export X='a b'" in lines
     # Loopback already there: evaluated twice, NO_PROXY does not grow.
     assert "export NO_PROXY=corp.example,127.0.0.1,localhost" in lines
+
+
+@pytest.mark.parametrize("service", ["sqs", "stepfunctions", "sns", "dynamodb"])
+def test_after_the_export_lines_every_service_the_broker_calls_goes_to_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    # A user's shell with one endpoint variable per service the broker calls.
+    for variable in ("SQS", "SFN", "SNS", "DYNAMODB"):
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{variable}", "http://elsewhere.example:1")
+    local = "http://127.0.0.1:5055"
+    for line in shell_lines({"AWS_ENDPOINT_URL": local}):
+        command, _, rest = line.partition(" ")
+        if command == "unset":
+            for name in rest.split():
+                monkeypatch.delenv(name, raising=False)
+        else:
+            name, _, value = rest.partition("=")
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    client = botocore.session.get_session().create_client(service, region_name="us-east-1")
+    assert client.meta.endpoint_url == local
