@@ -1,6 +1,7 @@
 """Hostile handlers for the process-level tests (``test_hostile_process``): one calls
-``sys.exit()``, one ignores its cancellation, one is well-behaved.  Each appends a line
-to the file named by ``HOSTILE_TEST_RUNS`` when it starts (one ``write`` per line)."""
+``sys.exit()``, one raises ``KeyboardInterrupt``, one ignores its cancellation, one is
+well-behaved.  Each appends a line to the file named by ``HOSTILE_TEST_RUNS`` when it
+starts (one ``write`` per line)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def _started(kind: str) -> None:
 async def exits(task: Task[Any]) -> None:
     _started("exits")
     sys.exit(3)  # as a library deep inside a handler might
+
+
+@router.handler("interrupts")
+async def interrupts(task: Task[Any]) -> None:
+    _started("interrupts")
+    raise KeyboardInterrupt
 
 
 @router.handler("stubborn", timeout_s=600)

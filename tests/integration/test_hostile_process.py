@@ -59,14 +59,19 @@ def test_sys_exit_in_a_handler_fails_its_task_and_the_process_keeps_serving(
     with hostile_broker(aws, tmp_path) as (broker, url, runs):
         for _ in range(3):
             send(aws, url, "exits")
+        send(aws, url, "interrupts")
         wait_until(lambda: started(runs, "exits") == 3, "three sys.exit() runs", 30)
+        wait_until(lambda: started(runs, "interrupts") == 1, "a KeyboardInterrupt run", 30)
         send(aws, url, "ok")
         wait_until(lambda: started(runs, "ok") == 1, "the good handler after them", 30)
         wait_until(lambda: broker.log.count("SystemExit") >= 3, "three outcomes", 30)
+        wait_until(lambda: "KeyboardInterrupt" in broker.log, "its outcome", 30)
         assert broker.process.poll() is None, broker.log
-        broker.process.send_signal(signal.SIGTERM)
+        # The process's own interrupt still stops it: a drain, exit 0.
+        broker.process.send_signal(signal.SIGINT)
         broker.process.wait(timeout=30)
     assert broker.process.returncode == 0, broker.log
+    assert "SIGINT received: draining" in broker.log
     assert "Traceback" not in broker.log
 
 
