@@ -307,6 +307,10 @@ async def test_a_hostile_handler_keeps_the_brokers_promises(row: Row, source: st
                 # One cancellation per run (edge-triggered), not one per loop turn.
                 assert seen.cancellations <= seen.runs * 3, seen.cancellations
                 assert tb.broker.runs.abandoned == seen.runs
+                # Each abandoned run keeps a slot until it returns.
+                capacity = tb.broker.runs.capacity
+                assert capacity is not None
+                assert capacity.total_tokens == tb.settings.concurrency - seen.runs
     finally:
         release.set()  # the abandoned runs end (and give their slots back)
     if row.behave is ignore_cancellation:
@@ -315,3 +319,6 @@ async def test_a_hostile_handler_keeps_the_brokers_promises(row: Row, source: st
                 await anyio.sleep(0.02)
         assert seen.late_results == seen.runs
         assert sfn.completions[hostile] == 1  # the late results were dropped
+        capacity = tb.broker.runs.capacity
+        assert capacity is not None
+        assert capacity.total_tokens == tb.settings.concurrency  # the slots came back
