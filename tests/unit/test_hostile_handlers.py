@@ -31,6 +31,7 @@ from pydantic import BaseModel, field_validator
 
 from broker import ActivitySettings, QueueSettings, Router, Task
 from broker.core.runs import ABANDON_MARGIN_S
+from broker.sqs.envelope import Envelope, EnvelopeSpec, Poison, PoisonReason, parse_envelope
 from broker.testing import FakeSfn, TestBroker
 
 from .conftest import make_settings
@@ -322,3 +323,17 @@ async def test_a_hostile_handler_keeps_the_brokers_promises(row: Row, source: st
         capacity = tb.broker.runs.capacity
         assert capacity is not None
         assert capacity.total_tokens == tb.settings.concurrency  # the slots came back
+
+
+@pytest.mark.parametrize("unusable", [None, "", 42, ["t"], {"t": 1}, "x" * 2049])
+def test_a_token_field_without_a_usable_value_does_not_count_as_present(unusable: Any) -> None:
+    spec = EnvelopeSpec()
+    body = {"TaskToken": unusable, "taskToken": "T-1", "type": "ok"}
+    parsed = parse_envelope(orjson.dumps(body), {}, spec)
+    assert isinstance(parsed, Envelope)
+    assert parsed.token == "T-1"
+    assert "taskToken" not in parsed.payload  # the field used is the one left out
+    # With no usable token anywhere, it is still an invalid token, never echoed.
+    alone = parse_envelope(orjson.dumps({"TaskToken": unusable}), {}, spec)
+    assert isinstance(alone, Poison)
+    assert alone.reason is PoisonReason.INVALID_TOKEN
