@@ -61,25 +61,46 @@ def _arm_watchdog(grace_s: float) -> None:
     watchdog.start()
 
 
+class _RawSignals:
+    """What must happen even while a handler blocks the event loop.
+
+    The loop's own signal handling (``open_signal_receiver``) runs only when the loop
+    does; Python's signal handler runs in the main thread at the next bytecode, blocked
+    loop or not.  Replacing it keeps the loop's dispatch: the loop learns of the signal
+    through the wakeup fd, which the C-level handler writes whatever the Python one is.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self._count += 1
+        if self._count == 1:
+            _arm_watchdog(self._broker.settings.shutdown_grace_s)
+            return
+        log.warning(
+            "%s received again: stopping now (%d handler(s) running; their messages come "
+            "back after their visibility timeout)",
+            signal.Signals(signum).name,
+            self._broker.in_flight,
+        )
+        exit_now(0)
+
+
 async def watch_signals(broker: Broker) -> None:
     """The first SIGINT/SIGTERM drains (bounded by the watchdog), a second exits now."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        draining = False
+        raw = _RawSignals(broker)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, raw)
         async for signum in signals:
-            name = signal.Signals(signum).name
-            if not draining:
-                log.info("%s received: draining (send it again to stop at once)", name)
-                broker.request_stop()
-                _arm_watchdog(broker.settings.shutdown_grace_s)
-                draining = True
-            else:
-                log.warning(
-                    "%s received again: stopping now (%d handler(s) running; their messages "
-                    "come back after their visibility timeout)",
-                    name,
-                    broker.in_flight,
-                )
-                exit_now(0)
+            # The second signal never gets here: ``_RawSignals`` exits first.
+            log.info(
+                "%s received: draining (send it again to stop at once)",
+                signal.Signals(signum).name,
+            )
+            broker.request_stop()
 
 
 def leave_abandoned_runs(broker: Broker) -> None:

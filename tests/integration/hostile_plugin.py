@@ -1,13 +1,14 @@
 """Hostile handlers for the process-level tests (``test_hostile_process``): one calls
-``sys.exit()``, one raises ``KeyboardInterrupt``, one ignores its cancellation, one is
-well-behaved.  Each appends a line to the file named by ``HOSTILE_TEST_RUNS`` when it
-starts (one ``write`` per line)."""
+``sys.exit()``, one raises ``KeyboardInterrupt``, one ignores its cancellation, one
+blocks the event loop, one is well-behaved.  Each appends a line to the file named by
+``HOSTILE_TEST_RUNS`` when it starts (one ``write`` per line)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+import time
 from typing import Any
 
 from broker import Router, Task
@@ -43,6 +44,13 @@ async def stubborn(task: Task[Any]) -> str:
             await asyncio.sleep(0.5)
         except asyncio.CancelledError:
             _started("stubborn cancelled")
+
+
+@router.handler("blocks", timeout_s=600)
+async def blocks(task: Task[Any]) -> str:
+    _started("blocks")
+    time.sleep(60)  # noqa: ASYNC251 - the hostile part: the event loop stops
+    return "late"
 
 
 @router.handler("ok")

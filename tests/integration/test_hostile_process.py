@@ -104,3 +104,35 @@ def test_a_second_sigterm_exits_at_once(aws: EmbeddedAws, tmp_path: Path) -> Non
     # At once: the drain alone would last the 20 s grace (the handler runs on).
     assert took_s < 3, (took_s, broker.log)
     assert "received again: stopping now" in broker.log
+
+
+def test_sigterm_while_a_handler_blocks_the_event_loop_exits_at_the_bound(
+    aws: EmbeddedAws, tmp_path: Path
+) -> None:
+    with hostile_broker(aws, tmp_path) as (broker, url, runs):
+        send(aws, url, "blocks")
+        wait_until(lambda: started(runs, "blocks") == 1, "the blocking handler", 30)
+        signalled = time.monotonic()
+        broker.process.send_signal(signal.SIGTERM)
+        broker.process.wait(timeout=GRACE_S + DRAIN_AFTER_GRACE_S + 10)
+        took_s = time.monotonic() - signalled
+    # The watchdog, armed by the signal itself while the loop was blocked, ends it.
+    assert took_s < GRACE_S + DRAIN_AFTER_GRACE_S + 2, (took_s, broker.log)
+    assert broker.process.returncode == 1, broker.log
+    assert "drain still running" in broker.log
+
+
+def test_a_second_sigterm_exits_at_once_while_a_handler_blocks_the_event_loop(
+    aws: EmbeddedAws, tmp_path: Path
+) -> None:
+    with hostile_broker(aws, tmp_path, grace_s=20) as (broker, url, runs):
+        send(aws, url, "blocks")
+        wait_until(lambda: started(runs, "blocks") == 1, "the blocking handler", 30)
+        broker.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        broker.process.send_signal(signal.SIGTERM)
+        broker.process.wait(timeout=60)
+        took_s = time.monotonic() - signalled
+    assert took_s < 3, (took_s, broker.log)
+    assert "received again: stopping now" in broker.log
