@@ -11,7 +11,6 @@ Docker reserves 2 in ``HEALTHCHECK``.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import urllib.error
 import urllib.request
@@ -37,6 +36,7 @@ from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
 from broker.decisions.links import new_key
 from broker.observability.logs import configure_logging
 from broker.service import Broker, configuration_problems
+from broker.shutdown import leave_abandoned_runs, watch_signals
 from broker.sqs.lookup import resolve_queue
 from broker.sqs.redrive import redrive
 
@@ -169,10 +169,10 @@ def _run_async(func: Any, *args: Any) -> int:
 
 
 async def run_broker(settings: BrokerSettings, router: Router) -> int:
-    """Run until SIGINT/SIGTERM; a second signal stops at once."""
+    """Run until SIGINT/SIGTERM; a second signal stops at once (``broker.shutdown``)."""
     broker = Broker(settings, router)
     async with anyio.create_task_group() as root:
-        root.start_soon(_watch_signals, broker, root.cancel_scope)
+        root.start_soon(watch_signals, broker)
 
         async def serve(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
             await broker.run(task_status=task_status)
@@ -180,22 +180,8 @@ async def run_broker(settings: BrokerSettings, router: Router) -> int:
 
         await root.start(serve)
         freeze_startup_heap()
+    leave_abandoned_runs(broker)
     return 0
-
-
-async def _watch_signals(broker: Broker, scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        draining = False
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not draining:
-                log.info("%s received: draining (send it again to stop at once)", name)
-                broker.request_stop()
-                draining = True
-            else:
-                log.warning("%s received again: stopping now", name)
-                scope.cancel()
-                return
 
 
 async def _check(settings: BrokerSettings, router: Router) -> int:

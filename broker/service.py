@@ -9,6 +9,8 @@ closed task answers harmlessly.
 Activities (docs/activities.md) drain differently: their polls in flight are left to
 return within the grace period (cancelling one could swallow a task), and an activity
 task cut off is failed with ``Broker.ShuttingDown`` since nothing would redeliver it.
+A handler ignoring its cancellation is waited for 1 s, then abandoned (``core.runs``):
+the drain's bound holds whatever handlers do (``broker.shutdown`` enforces it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from broker.core.errors import ConfigError
 from broker.core.once import Once, idempotency_problems
 from broker.core.ratelimit import AdaptiveParams, AdaptiveRates
 from broker.core.router import Router
+from broker.core.runs import HandlerRuns
 from broker.core.settings import ENV_PREFIX, BrokerSettings, QueueSettings
 from broker.core.step import Step
 from broker.decisions.decide import Decisions
@@ -47,6 +50,7 @@ from broker.observability.tracing import Tracer
 from broker.sqs.consumer import QueueConsumer
 from broker.sqs.deleter import DeleteBatcher
 from broker.sqs.delivery import SqsQueue
+from broker.sqs.internal import InternalErrors
 from broker.sqs.lookup import resolve_queue
 from broker.sqs.message import QueueRuntime
 from broker.sqs.processor import MessageProcessor, ProcessingDefaults
@@ -90,6 +94,8 @@ class Broker:
         self._stop: anyio.Event | None = None
         self._stop_requested = False
         self._ready = False
+        #: Where handlers run (``core.runs``); an abandoned run may outlive ``run``.
+        self.runs = HandlerRuns()
         #: The port /livez /readyz /metrics listen on, once started (None: off).
         self.http_port: int | None = None
         self.consumers: list[QueueConsumer] = []
@@ -184,6 +190,7 @@ class Broker:
                 if self.codec is not None and settings.decision_base_url
                 else None
             )
+            total_slots = anyio.CapacityLimiter(settings.concurrency)
             # One step from handler to confirmation for every source.
             step = Step(
                 completer,
@@ -197,21 +204,20 @@ class Broker:
                     if store is None
                     else Once(store, handler_timeout_s=settings.handler_timeout_s)
                 ),
+                runs=self.runs,
             )
+            self.runs.capacity = total_slots
             if self.codec is not None:
                 self.decisions = Decisions(self.codec, completer, self.stats)
-            processor = MessageProcessor(
-                self.router,
-                step,
-                ProcessingDefaults(
-                    max_attempts=settings.max_attempts,
-                    retry_base_delay_s=settings.retry_base_delay_s,
-                    retry_max_delay_s=settings.retry_max_delay_s,
-                ),
+            defaults = ProcessingDefaults(
+                settings.max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s
             )
-            total_slots = anyio.CapacityLimiter(settings.concurrency)
+            processor = MessageProcessor(self.router, step, defaults)
+            internal = InternalErrors(self.router, step, defaults)
             self.consumers = [
-                QueueConsumer(q, processor, total_slots=total_slots, stats=self.stats)
+                QueueConsumer(
+                    q, processor, total_slots=total_slots, stats=self.stats, internal=internal
+                )
                 for q in queues
             ]
             self.activity_pollers = await self._activity_pollers(clients, step, total_slots, retry)
@@ -266,13 +272,10 @@ class Broker:
                     self._ready = not self._stop_requested
                     task_status.started()
                     await self._stop.wait()
-                    # From here everything in ``work`` has the grace period.  A
-                    # ReceiveMessage in flight is not cancelled while the drain lasts
-                    # anyway (handlers or activity polls still running): SQS may have
-                    # taken messages for it already, which a cancelled call would hide
-                    # until their visibility lapses.  What it returns is handed back.
-                    # Once nothing else runs, a poll still open is cut rather than
-                    # waited for (up to wait_time_s): it found nothing so far.
+                    # From here everything in ``work`` has the grace period.  A receive
+                    # in flight is left open while handlers run (SQS may have taken
+                    # messages for it; what it returns is handed back), cut once
+                    # nothing else runs (it found nothing so far).
                     work_scope.deadline = anyio.current_time() + self.settings.shutdown_grace_s
                     for consumer in self.consumers:
                         consumer.stop()
@@ -304,14 +307,11 @@ class Broker:
     def _say_grace_over(self) -> None:
         """The grace period ran out: a warning if it cut a handler off, else one INFO line.
 
-        An idle activity poll is the usual reason, and not worth a warning: the drain
-        does not cut a GetActivityTask early, since Step Functions hands a task out once
-        (design brief: aborting a poll in flight can swallow it), and GetActivityTask
-        waits up to 60 s, longer than the default grace.  At the deadline it is cut all
-        the same.  A poll that was being answered in that instant is the one way a task
-        can go astray: it is not lost, it waits in Step Functions for the state's
-        HeartbeatSeconds / TimeoutSeconds, fails with States.Timeout, and the state's
-        Retry runs it again.
+        An idle activity poll is the usual reason, not worth a warning: GetActivityTask
+        is not cut early (a task it hands out would be swallowed, design brief) and waits
+        up to 60 s, longer than the default grace.  A poll answered in the last instant
+        is the one way a task can go astray: it waits in Step Functions for the state's
+        HeartbeatSeconds / TimeoutSeconds, fails with States.Timeout, and its Retry runs it.
         """
         handlers = sum(c.cut_off for c in self.consumers) + sum(
             p.cut_off for p in self.activity_pollers

@@ -29,7 +29,6 @@ from broker.core.errors import ActivityNotFound, ConfigError
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, ActivitySettings
 from broker.core.slots import PollBackoff, Slot
-from broker.observability.redact import token_ref
 from broker.observability.stats import Stats
 
 __all__ = [
@@ -221,14 +220,11 @@ class ActivityPoller:
         except anyio.get_cancelled_exc_class():
             self.cut_off += 1  # the processor failed it with Broker.ShuttingDown
             raise
-        except Exception:
-            # A bug in the broker itself: log it and keep the broker running.  The task
-            # is not redelivered; the workflow's heartbeat/timeout and Retry take over.
-            log.exception(
-                "internal error processing task %s of activity %s",
-                token_ref(token),
-                self.activity.name,
-            )
+        except Exception as exc:  # noqa: BLE001 - failed as Broker.InternalError
+            # Raised inside the broker, not by the handler: nothing redelivers an
+            # activity task, so it is failed now (Broker.InternalError) rather than
+            # left to the workflow's heartbeat/timeout.
+            await self._processor.internal_error(self.activity, token, exc)
         finally:
             self._processing -= 1
             self._total_slots.release_on_behalf_of(slot)

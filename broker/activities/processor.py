@@ -23,7 +23,7 @@ from broker.core.router import Route, Router
 from broker.core.settings import ActivitySettings
 from broker.core.step import Completion, Origin, Step
 from broker.core.verdict import Busy, Closed, Deferred, Failed, Retry, Succeeded, Verdict
-from broker.observability.events import note_detail, note_token, note_type
+from broker.observability.events import note_detail, note_error, note_token, note_type
 from broker.observability.redact import loggable, token_ref
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.envelope import MAX_JSON_DEPTH, is_too_deep, load_json, lookup_path
@@ -32,8 +32,9 @@ __all__ = ["ActivityRuntime", "ActivityTaskProcessor"]
 
 log = logging.getLogger("broker.activities")
 
-#: How long a task cut off by the drain may take to be failed (shielded).
-_SHUTDOWN_FAIL_TIMEOUT_S: Final = 5.0
+#: How long a task cut off by the drain may take to be failed (shielded); with the
+#: handler's 1 s to end (``core.runs``), 5 s of the drain's 15 s past the grace.
+_SHUTDOWN_FAIL_TIMEOUT_S: Final = 4.0
 _SHUTDOWN_CAUSE: Final = "the broker stopped before the task finished; it is safe to retry"
 
 
@@ -89,6 +90,36 @@ class ActivityTaskProcessor:
             )
             await self._step.complete(token, Failed(ErrorName.SHUTTING_DOWN, _SHUTDOWN_CAUSE))
             self._stats.count(activity.name, Outcome.FAILED)
+
+    async def internal_error(self, activity: ActivityRuntime, token: str, exc: Exception) -> None:
+        """``process`` raised inside the broker: fail the task with ``Broker.InternalError``
+        (shielded, bounded), counted and said as an outcome."""
+        origin = Origin(activity.name, token_ref(token), system="aws_stepfunctions")
+        name = type(exc).__name__
+        cause = f"{name} raised inside the broker while handling the task: {exc or repr(exc)}"
+
+        async def decide() -> Outcome:
+            note_token(token)  # the log redacts it from here, the traceback's included
+            note_error(ErrorName.INTERNAL_ERROR)
+            note_detail(f"{name} inside the broker; failed at once: no redelivery for activities")
+            log.error(
+                "internal error handling task %s of activity %s",
+                token_ref(token),
+                activity.name,
+                exc_info=exc,
+            )
+            internal = Failed(ErrorName.INTERNAL_ERROR, cause, Outcome.EXHAUSTED)
+            return await self._settled(activity, token, internal)
+
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_SHUTDOWN_FAIL_TIMEOUT_S):
+                await self._step.observed(origin, decide)
+        except Exception:
+            log.exception(
+                "internal error processing task %s of activity %s, and failing it failed too",
+                token_ref(token),
+                activity.name,
+            )
 
     async def _decide(
         self, activity: ActivityRuntime, origin: Origin, token: str, raw_input: str | None

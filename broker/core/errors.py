@@ -67,6 +67,9 @@ class ErrorName:
     NOTIFICATION_REFUSED: Final = "Broker.NotificationRefused"
     #: An idempotent activity task whose claim the table could not take: nothing ran.
     IDEMPOTENCY_UNAVAILABLE: Final = "Broker.IdempotencyUnavailable"
+    #: Something raised inside the broker while handling the task (not the handler):
+    #: on a queue after its last attempt, on an activity at once.
+    INTERNAL_ERROR: Final = "Broker.InternalError"
 
 
 class BrokerError(Exception):

@@ -29,12 +29,13 @@ import anyio
 from pydantic import ValidationError
 
 from broker.core.completer import Completer, Confirmation
-from broker.core.errors import ErrorName, TaskClosed, TaskFailed
+from broker.core.errors import ErrorName, TaskClosed
 from broker.core.once import Once
 from broker.core.payloads import encode_output, invalid_input_cause
 from broker.core.router import Route
+from broker.core.runs import HandlerRuns
 from broker.core.task import Task
-from broker.core.verdict import Closed, Deferred, Failed, Succeeded, Verdict, retry_for, timed_out
+from broker.core.verdict import Closed, Failed, Succeeded, Verdict
 from broker.observability.events import message_record, settled
 from broker.observability.redact import token_ref
 from broker.observability.stats import Outcome, Stats
@@ -114,8 +115,11 @@ class Step:
         links: LinkMaker | None = None,
         notify: Notifier | None = None,
         once: Once | None = None,
+        runs: HandlerRuns | None = None,
     ) -> None:
         self._completer = completer
+        #: Where handlers run (the broker's, which withholds a slot per abandoned run).
+        self.runs = runs or HandlerRuns()
         self._stats = stats
         self._handler_timeout_s = handler_timeout_s
         self._tracer = tracer or Tracer(None)
@@ -200,11 +204,21 @@ class Step:
         if self._tracer.enabled:
             with self._tracer.span(f"handler {route.message_type}"):
                 verdict = await run_supervised(
-                    self._completer, route, task, self._handler_timeout_s, alongside=alongside
+                    self._completer,
+                    route,
+                    task,
+                    self._handler_timeout_s,
+                    alongside=alongside,
+                    runs=self.runs,
                 )
         else:  # no span work at all when tracing is off
             verdict = await run_supervised(
-                self._completer, route, task, self._handler_timeout_s, alongside=alongside
+                self._completer,
+                route,
+                task,
+                self._handler_timeout_s,
+                alongside=alongside,
+                runs=self.runs,
             )
         self._stats.handler_seconds[route.message_type].observe(time.perf_counter() - started)
         return verdict
@@ -227,25 +241,20 @@ class Step:
         return _read(confirmation, verdict.outcome)
 
 
-async def run_handler(route: Route, task: Task[Any], default_timeout_s: float | None) -> Verdict:
+async def run_handler(
+    route: Route,
+    task: Task[Any],
+    default_timeout_s: float | None,
+    runs: HandlerRuns | None = None,
+) -> Verdict:
     """What the handler decided, under its timeout.  Never raises, except cancellation
     from outside, which is re-raised rather than turned into a verdict.
+
+    Whatever the handler raises (``SystemExit`` included) or ignores (its cancellation),
+    this returns within its timeout plus ``ABANDON_MARGIN_S`` (``core.runs``).
     """
     timeout_s = route.options.timeout_s or default_timeout_s
-    with anyio.move_on_after(timeout_s) as scope:
-        try:
-            result = await route.handler(task)
-            # Deferred: the task stays open for someone else (a person) to complete.
-            return result if isinstance(result, Deferred) else Succeeded(result)
-        except TaskFailed as exc:
-            return Failed(exc.error, exc.cause)
-        except TaskClosed:
-            return Closed()
-        except Exception as exc:  # noqa: BLE001 - every handler error has an outcome
-            return retry_for(exc)
-    if scope.cancelled_caught:
-        return timed_out()
-    raise AssertionError("unreachable: handler neither returned nor timed out")
+    return await (runs or HandlerRuns()).run(route, task, timeout_s)
 
 
 async def run_supervised(
@@ -255,6 +264,7 @@ async def run_supervised(
     default_timeout_s: float | None,
     *,
     alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    runs: HandlerRuns | None = None,
 ) -> Verdict:
     """``run_handler`` while heartbeats (if the route asks) and ``alongside`` run beside it.
 
@@ -263,7 +273,7 @@ async def run_supervised(
     if alongside is None and not route.options.heartbeat_s:
         # Nothing to run beside the handler: no task group (a cancel scope and a task
         # fewer per message).
-        return await run_handler(route, task, default_timeout_s)
+        return await run_handler(route, task, default_timeout_s, runs)
     gave_up = False
     verdict: Verdict = Closed()
     async with anyio.create_task_group() as supervisor:
@@ -280,7 +290,7 @@ async def run_supervised(
             supervisor.start_soon(
                 send_heartbeats, completer, task.token, route.options.heartbeat_s, on_closed
             )
-        verdict = await run_handler(route, task, default_timeout_s)
+        verdict = await run_handler(route, task, default_timeout_s, runs)
         supervisor.cancel_scope.cancel()
     return Closed() if gave_up else verdict
 

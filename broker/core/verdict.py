@@ -120,9 +120,20 @@ class Busy:
 Verdict: TypeAlias = Succeeded | Failed | Retry | Closed | Deferred | Busy
 
 
-def retry_for(exc: Exception) -> Retry:
-    """The names an undecided exception fails a task with (docs/errors.md)."""
+def retry_for(exc: BaseException) -> Retry:
+    """The names an undecided exception fails a task with (docs/errors.md).
+
+    A ``BaseException`` that is no ``Exception`` (``SystemExit`` from ``sys.exit()``,
+    ``KeyboardInterrupt``, ``GeneratorExit``, one of the handler's own) is the handler's
+    failure like any other; its cause says so, since its message alone (an exit code)
+    would not.
+    """
     name, message = type(exc).__name__, str(exc) or repr(exc)
+    if not isinstance(exc, Exception):
+        message = (
+            f"the handler raised {name}({message}); a failure of this task, "
+            "not a stop of the broker"
+        )
     retryable = not isinstance(exc, NonRetryable)
     if isinstance(exc, RetryLater):
         return Retry(

@@ -31,6 +31,7 @@ from broker.aws.errors import error_name
 from broker.core.slots import PollBackoff, Slot
 from broker.observability.stats import Outcome, Stats
 from broker.sqs.delivery import Delivery, SqsQueue
+from broker.sqs.internal import InternalErrors
 from broker.sqs.message import ReceivedMessage
 from broker.sqs.processor import MessageProcessor
 
@@ -55,8 +56,11 @@ class QueueConsumer:
         *,
         total_slots: anyio.CapacityLimiter,
         stats: Stats,
+        internal: InternalErrors | None = None,
     ) -> None:
         self.queue = queue
+        #: Settles a message whose handling raised inside the broker (``sqs.internal``).
+        self._internal = internal
         #: The queue as resolved at start-up (frozen).
         self.runtime = queue.runtime
         self._sqs = queue.sqs
@@ -329,18 +333,27 @@ class QueueConsumer:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
                 await delivery.hand_back()
             raise
-        except Exception:
-            # A bug in the broker itself: log it, keep the message (it comes back),
-            # keep the broker running.
-            log.exception(
-                "internal error processing message %s on %s; it will be redelivered",
-                delivery.message.message_id,
-                self.queue.name,
-            )
-            return None
+        except Exception as exc:  # noqa: BLE001 - settled in ``_internal_error``
+            # Raised inside the broker (a bug, or a model's validator raising KeyError):
+            # the message still counts its attempts and ends like an exhausted one.
+            return await self._internal_error(delivery, exc)
         finally:
             self._processing -= 1
             self._release([slot])
+
+    async def _internal_error(self, delivery: Delivery, exc: Exception) -> Outcome | None:
+        if self._internal is not None:
+            try:
+                return await self._internal.settle(delivery, exc)
+            except Exception as settling:  # noqa: BLE001 - the last resort below
+                exc = settling
+        log.error(
+            "internal error processing message %s on %s; it will be redelivered",
+            delivery.message.message_id,
+            self.queue.name,
+            exc_info=exc,
+        )
+        return None
 
 
 def _by_group(held: list[tuple[Delivery, Slot]]) -> list[list[tuple[Delivery, Slot]]]:

@@ -179,8 +179,15 @@ def _too_deep(body: str | bytes, spec: EnvelopeSpec) -> Poison:
     detail = f"body is nested deeper than {MAX_JSON_DEPTH} levels; the broker reads it no further"
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     fields = _top_level_strings(text, spec.token_fields)
-    token = next((fields[name] for name in spec.token_fields if name in fields), None)
-    if token is not None and 1 <= len(token) <= MAX_TOKEN_LENGTH:
+    token = next(
+        (
+            fields[name]
+            for name in spec.token_fields
+            if 1 <= len(fields.get(name, "")) <= MAX_TOKEN_LENGTH
+        ),
+        None,
+    )
+    if token is not None:
         return Poison(PoisonReason.TOO_DEEP, detail, token=token)
     return Poison(PoisonReason.TOO_DEEP, detail)
 
@@ -254,10 +261,18 @@ def _skip_nested(text: str, pos: int, budget: list[int]) -> int:
 
 
 def _find_token(document: Mapping[str, Any], fields: Sequence[str]) -> tuple[str | None, Any]:
+    # A field holding null, a non-string or "" does not count as present: the next field
+    # with a usable token wins ({"TaskToken": null, "taskToken": T} completes T).  Only
+    # when none has one is the first field present reported (as an invalid token).
+    present: tuple[str | None, Any] = (None, None)
     for field in fields:
         if field in document:
-            return field, document[field]
-    return None, None
+            value = document[field]
+            if isinstance(value, str) and 1 <= len(value) <= MAX_TOKEN_LENGTH:
+                return field, value
+            if present[0] is None:
+                present = (field, value)
+    return present
 
 
 def _find_payload(
