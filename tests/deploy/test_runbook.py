@@ -51,4 +51,4 @@ def test_the_runbook_says_a_redrive_runs_the_handler_again() -> None:
     section = text[text.index("**3. Send them back**") : text.index("**4. Check**")]
     assert "Re-driving is safe for the workflows" in section
     assert "runs its handler once more" in section
-    assert "before Step Functions answers \"task closed\"" in section
+    assert 'before Step Functions answers "task closed"' in section
