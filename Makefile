@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo run check test unit integration faults fleet localstack localstack-stop lint format clean bench bench-stub bench-deps
+.PHONY: install browser demo run check test test-load unit integration faults fleet localstack localstack-stop lint format clean bench bench-stub bench-deps
 
 install: $(STAMP)
 
@@ -42,6 +42,19 @@ check: install
 ## `REQUIRE_LOCALSTACK=1 make test` so that a missing LocalStack fails instead
 test: install
 	REQUIRE_LOCALSTACK="$(REQUIRE_LOCALSTACK)" $(BIN)/pytest -q -rs
+
+## test-load: `make test` beside two busy CPU processes, as on a developer's machine with
+## other work on it: a test that passes only on an idle machine fails here. The two
+## processes end with the suite (trap), and after LOAD_S seconds whatever happens;
+## TESTS=<paths or -k ...> runs part of the suite that way.
+LOAD_S ?= 3600
+BUSY   := import time; end = time.monotonic() + $(LOAD_S); any(iter(lambda: time.monotonic() >= end, True))
+
+test-load: install
+	@pids=""; trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
+	for i in 1 2; do $(BIN)/python -c '$(BUSY)' & pids="$$pids $$!"; done; \
+	echo "test-load: busy processes$$pids beside the suite"; \
+	REQUIRE_LOCALSTACK="$(REQUIRE_LOCALSTACK)" $(BIN)/pytest -q -rs $(TESTS)
 
 unit: install
 	$(BIN)/pytest -q tests/unit

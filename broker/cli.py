@@ -255,12 +255,17 @@ async def _check(settings: BrokerSettings, router: Router) -> int:
                 else:
                     print(f"idempotency table {settings.idempotency_table}: ok ({table.line()})")
             try:
-                topic = await open_topic(clients.sns, settings, retry)
+                topic = await open_topic(clients.sns, settings, retry, router)
             except BrokerError as exc:
                 problem(f"decision topic {settings.decision_topic}", exc)
             else:
                 if topic is not None:
                     print(f"decision topic {settings.decision_topic}: ok ({topic.arn})")
+                elif settings.decision_topic:
+                    print(
+                        f"decision topic {settings.decision_topic}: not looked up "
+                        "(no handler has notify=True)"
+                    )
     except BrokerError as exc:  # no region, a lean client that cannot start
         problem("aws", exc)
     _print_handlers(router)

@@ -172,9 +172,9 @@ class Broker:
             clients = instrument(raw_clients, self.stats, self.tracer)
             # One deadline for every lookup of this start-up; not ready until they pass.
             retry = StartupRetry.from_settings(settings)
-            # BROKER_DECISION_TOPIC found once, before the queues' deleters exist: a
-            # missing topic stops the start with nothing to close.
-            topic = await open_topic(clients.sns, settings, retry)
+            # BROKER_DECISION_TOPIC found once (if a notify=True route needs it), before
+            # the queues' deleters exist: a missing topic stops the start with nothing to close.
+            topic = await open_topic(clients.sns, settings, retry, self.router)
             store = await open_store(clients.dynamodb, settings, retry)
             queues = [await self._open_queue(clients.sqs, q, retry) for q in settings.queues]
             completer = Completer(

@@ -12,6 +12,7 @@ message can never be sent, the task fails at once).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from broker.core.errors import (
     TaskFailed,
     TopicNotFound,
 )
+from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "open_topic",
     "resolve_topic",
     "sns_subject",
+    "topic_needed",
 ]
 
 #: SNS's limit on one message in UTF-8 bytes (for MessageStructure=json: the whole document).
@@ -52,6 +55,8 @@ _REFUSED_CODES: Final = frozenset(
     {"InvalidParameter", "ParameterValueInvalid", "ValidationException"}
 )
 _SETTING: Final = f"{ENV_PREFIX}DECISION_TOPIC"
+
+log = logging.getLogger("broker.sns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +183,27 @@ async def resolve_topic(sns: SnsApi, name_or_arn: str, retry: StartupRetry) -> T
 
 
 async def open_topic(
-    sns: SnsApi | None, settings: BrokerSettings, retry: StartupRetry
+    sns: SnsApi | None, settings: BrokerSettings, retry: StartupRetry, router: Router
 ) -> Topic | None:
-    """The decision topic of ``settings`` found (start-up; ``broker check``), else None."""
+    """The decision topic of ``settings`` found (start-up; ``broker check``), else None.
+
+    Looked up only when a route of ``router`` has ``notify=True``: a topic nothing
+    publishes to must not stop a start (nor need ``sns:*`` permissions).
+    """
     if not settings.decision_topic:
+        return None
+    if not topic_needed(router):
+        log.info(
+            "%s is set but no handler has notify=True: the topic is not looked up or used",
+            _SETTING,
+        )
         return None
     if sns is None:
         # A client factory of the caller's own (tests) that brought no SNS.
         raise ConfigError(f"{_SETTING} is set but the AWS clients given have no SNS client")
     return await resolve_topic(sns, settings.decision_topic, retry)
+
+
+def topic_needed(router: Router) -> bool:
+    """Whether a handler of ``router`` may call ``task.notify()`` (``notify=True``)."""
+    return any(route.options.notify for route in router)

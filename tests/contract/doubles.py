@@ -50,8 +50,6 @@ class Double:
 
     name = ""
     lacks: ClassVar[Mapping[str, str]] = {}
-    #: How long a completion takes to close its task (LocalStack closes it a moment later).
-    settle_s = 0.0
 
     def __init__(self, sqs: SqsApi, sfn: SfnApi) -> None:
         self.sqs = sqs
@@ -240,8 +238,6 @@ class LocalStack(_Emulator):
         INVALID_OUTPUT: "LocalStack takes any output string, JSON or not",
         FAILURE_ON_CLOSED: _EMULATORS_ACCEPT_FAILURE.format("LocalStack"),
     }
-    # Measured: a second SendTaskSuccess sent at once is accepted, one a second later not.
-    settle_s = 1.0
 
 
 class Stub(Double):

@@ -47,6 +47,26 @@ def assert_closed(exc: BaseException) -> None:
     assert classify(exc) is ErrorKind.TASK_CLOSED
 
 
+async def closed(double: Double, token: str, timeout_s: float = 30) -> None:
+    """Wait until ``double`` answers a heartbeat on ``token`` as closed.
+
+    A completion closes its task a moment after it is accepted on the emulators (moto's
+    execution thread, LocalStack): a second call sent at once may still be accepted,
+    and how long the moment lasts depends on the machine's load.  A heartbeat changes
+    nothing on an open task, so it is the probe; the deadline only bounds a failure.
+    """
+    with anyio.fail_after(timeout_s):
+        while True:
+            try:
+                await double.sfn.send_task_heartbeat(taskToken=token)
+            except Exception as exc:
+                if classify(exc) is ErrorKind.TASK_CLOSED:
+                    return
+                if classify(exc) is not ErrorKind.TRANSIENT:
+                    raise
+            await anyio.sleep(0.05)
+
+
 async def first_call(double: Double, call: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
     """The first call on a fresh token.
 
@@ -77,7 +97,7 @@ async def test_a_completed_task_answers_closed_to_a_second_success_and_a_heartbe
 ) -> None:
     token = await double.open_task()
     await first_call(double, lambda: double.sfn.send_task_success(taskToken=token, output="{}"))
-    await anyio.sleep(double.settle_s)
+    await closed(double, token)
     assert_closed(await refused(double.sfn.send_task_success(taskToken=token, output="{}")))
     assert_closed(await refused(double.sfn.send_task_heartbeat(taskToken=token)))
 
@@ -87,7 +107,7 @@ async def test_a_failed_task_answers_closed_to_a_success(double: Double) -> None
     await first_call(
         double, lambda: double.sfn.send_task_failure(taskToken=token, error="E", cause="c")
     )
-    await anyio.sleep(double.settle_s)
+    await closed(double, token)
     assert_closed(await refused(double.sfn.send_task_success(taskToken=token, output="{}")))
 
 
@@ -145,7 +165,7 @@ async def test_an_activity_task_is_handed_out_once_with_its_input(double: Double
     assert orjson.loads(handed["input"]) == task_input
     await double.sfn.send_task_heartbeat(taskToken=token)
     await double.sfn.send_task_success(taskToken=token, output='{"done": true}')
-    await anyio.sleep(double.settle_s)
+    await closed(double, token)
     assert_closed(await refused(double.sfn.send_task_success(taskToken=token, output="{}")))
 
 

@@ -30,6 +30,7 @@ from pydantic import AliasChoices
 from broker import BrokerSettings, Outcome, build_router
 from broker.activities.processor import _SHUTDOWN_FAIL_TIMEOUT_S
 from broker.aws.protocols import DynamoApi, SfnApi, SqsApi
+from broker.aws.startup import _STARTUP_LAST_TRY_S
 from broker.core.settings import ENV_PREFIX
 from broker.core.settings_sources import RETIRED_VARIABLES
 from broker.observability.metrics import (
@@ -53,6 +54,7 @@ K8S_DECISIONS: Final = DEPLOY / "kubernetes" / "decisions.yaml"
 ECS_TASK: Final = DEPLOY / "ecs" / "task-definition.json"
 ECS_SERVICE: Final = DEPLOY / "ecs" / "service.json"
 ECS_TARGET_GROUP: Final = DEPLOY / "ecs" / "decisions-target-group.json"
+ECS_TARGET_GROUP_ATTRIBUTES: Final = DEPLOY / "ecs" / "decisions-target-group-attributes.json"
 ECS_LISTENER_RULE: Final = DEPLOY / "ecs" / "decisions-listener-rule.json"
 IAM_POLICY: Final = DEPLOY / "iam" / "broker-policy.json"
 DASHBOARD: Final = DEPLOY / "grafana" / "broker-dashboard.json"
@@ -66,6 +68,7 @@ EXAMPLES: Final = (
     ECS_TASK,
     ECS_SERVICE,
     ECS_TARGET_GROUP,
+    ECS_TARGET_GROUP_ATTRIBUTES,
     ECS_LISTENER_RULE,
     IAM_POLICY,
     DASHBOARD,
@@ -123,6 +126,7 @@ UNSCOPED_ACTIONS: Final = frozenset(
         "states:SendTaskFailure",
         "states:SendTaskHeartbeat",
         "states:ListActivities",
+        "sns:ListTopics",
     }
 )
 #: SendTask* refill per account and region in the large regions (design brief; soft quota).
@@ -364,7 +368,8 @@ def test_kubernetes_ports_and_probes_match_broker_http_port(
     container = k8s_container()
     assert port_of("http", container) == port
     probes = {
-        "startupProbe": "/livez",
+        # /livez is 200 while starting: a startup probe on it would pass at once.
+        "startupProbe": "/readyz",
         "livenessProbe": "/livez",
         "readinessProbe": "/readyz",
     }
@@ -378,6 +383,22 @@ def test_kubernetes_ports_and_probes_match_broker_http_port(
     assert annotations["prometheus.io/path"] == "/metrics"
     for service_port in k8s_object("Service")["spec"]["ports"]:
         assert port_of(service_port["targetPort"], container) == port
+
+
+def test_the_startup_probe_outlasts_the_brokers_own_startup_bound(
+    clean_environ: pytest.MonkeyPatch,
+) -> None:
+    """A lookup that fails for good must end the start with the broker's own message
+    (exit 1), not with a kill by the startup probe while it is still retrying."""
+    settings = settings_of(k8s_env(), clean_environ)
+    probe = k8s_container()["startupProbe"]
+    window_s = probe["periodSeconds"] * probe["failureThreshold"]
+    assert window_s > settings.startup_timeout_s + _STARTUP_LAST_TRY_S, window_s
+    text = K8S_DEPLOYMENT.read_text()
+    comment = text[
+        text.index("startupProbe:") : text.index("httpGet:", text.index("startupProbe:"))
+    ]
+    assert f"{window_s:.0f} s" in comment, "the comment gives the probe's window"
 
 
 def test_ecs_ports_and_labels_match_broker_http_port(clean_environ: pytest.MonkeyPatch) -> None:
@@ -521,6 +542,17 @@ def test_keda_scales_the_deployment_on_every_queue_sized_by_its_concurrency(
         targets[queue] = int(trigger["metadata"]["queueLength"])
     expected = {q.name: q.concurrency or settings.concurrency for q in settings.queues}
     assert targets == expected
+
+
+def test_keda_scale_in_is_paced_by_the_hpa_not_by_a_cooldown_it_ignores() -> None:
+    """cooldownPeriod applies only to scaling to zero: with minReplicaCount 1 or more it
+    does nothing, so it must not be there to look as if it slowed scale-in."""
+    spec = k8s_object("ScaledObject", K8S_KEDA)["spec"]
+    assert spec["minReplicaCount"] >= 1
+    assert "cooldownPeriod" not in spec
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["stabilizationWindowSeconds"] >= 300
+    assert [p["value"] for p in scale_down["policies"] if p["type"] == "Pods"] == [1]
 
 
 def test_the_fleet_stays_inside_the_step_functions_quota(

@@ -24,13 +24,14 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from broker import BrokerSettings
+from broker import BrokerSettings, build_router
 from broker.decisions.links import DecisionKeys, DecisionLink, LinkCodec, new_key
 from tests.cli import clean_env
 from tests.deploy.test_deploy import (
     ECS_LISTENER_RULE,
     ECS_SERVICE,
     ECS_TARGET_GROUP,
+    ECS_TARGET_GROUP_ATTRIBUTES,
     K8S_DECISIONS,
     as_list,
     ecs_container,
@@ -84,6 +85,11 @@ def test_both_platforms_configure_the_decision_listener(clean_environ: pytest.Mo
         assert base.scheme == "https", "TLS ends in front of the broker: links are https"
         assert settings.decision_topic
         assert settings.decision_topic.startswith("arn:aws:sns:")
+        # Coherent: a handler of the example makes links and publishes them, so the
+        # listener, the keys and the topic serve something (and the topic is looked up).
+        routes = list(build_router(settings))
+        assert [r.message_type for r in routes if r.options.decisions], "no decisions=True"
+        assert [r.message_type for r in routes if r.options.notify], "no notify=True"
 
 
 def test_the_keys_come_from_a_kubernetes_secret_and_secrets_manager() -> None:
@@ -91,6 +97,8 @@ def test_the_keys_come_from_a_kubernetes_secret_and_secrets_manager() -> None:
     ref = k8s[KEYS]["valueFrom"]["secretKeyRef"]
     assert ref["key"] == KEYS
     assert ref["name"]
+    # The example's approval handler (decisions=True) cannot start without keys.
+    assert not ref.get("optional", False)
     ecs = {s["name"]: s["valueFrom"] for s in ecs_container()["secrets"]}
     assert ecs[KEYS].startswith("arn:aws:secretsmanager:")
 
@@ -196,9 +204,11 @@ def test_the_alb_forwards_only_decision_links_to_the_decision_port(
     target_group = read(ECS_TARGET_GROUP)
     assert target_group["Port"] == settings.decision_port
     assert target_group["TargetType"] == "ip", "awsvpc (Fargate) tasks register by IP"
-    # Health from /readyz on the internal port: a draining broker leaves the ALB first.
+    # Health from /livez on the internal port.  ECS replaces a task its load balancer
+    # marks unhealthy, and /readyz is 503 after three failed receives: during an SQS or
+    # IAM outage every task would be replaced (docs/operations.md, "Which check where").
     assert target_group["HealthCheckPort"] == str(settings.http_port)
-    assert target_group["HealthCheckPath"] == "/readyz"
+    assert target_group["HealthCheckPath"] == "/livez"
 
     rule = read(ECS_LISTENER_RULE)
     forwards = [a for a in rule["Actions"] if a["Type"] == "forward"]
@@ -211,6 +221,24 @@ def test_the_alb_forwards_only_decision_links_to_the_decision_port(
     assert patterns == ["/decisions/*"]
     assert link.path.startswith(patterns[0].removesuffix("*"))
     assert "HTTPS" in rule["ListenerArn"], "the rule belongs on the HTTPS listener"
+
+
+def test_the_target_group_deregisters_within_the_drain(clean_environ: pytest.MonkeyPatch) -> None:
+    """ECS deregisters a stopping task, waits the deregistration delay, then sends SIGTERM:
+    ELB's default 300 s would add five minutes to every deploy and scale-in."""
+    settings = settings_of(ecs_env(), clean_environ)
+    attributes = read(ECS_TARGET_GROUP_ATTRIBUTES)
+    assert attributes["TargetGroupArn"] == read(ECS_SERVICE)["loadBalancers"][0]["targetGroupArn"]
+    values = {a["Key"]: a["Value"] for a in attributes["Attributes"]}
+    delay_s = int(values["deregistration_delay.timeout_seconds"])
+    # As long as the broker gives work in flight after SIGTERM; a decision is one short call.
+    assert delay_s == settings.shutdown_grace_s
+    assert delay_s < ecs_container()["stopTimeout"]
+    model = botocore.session.get_session().get_service_model("elbv2")
+    shape = model.operation_model("ModifyTargetGroupAttributes").input_shape
+    assert shape is not None
+    report = ParamValidator().validate(attributes, shape)
+    assert not report.has_errors(), report.generate_report()
 
 
 # -- IAM
