@@ -47,18 +47,24 @@ class InternalErrors:
         origin = Origin(
             delivery.queue.name, message.message_id, message.receive_count, message.attributes
         )
-        return await self._step.observed(origin, lambda: self._decide(delivery, exc))
+        # Held invisible while it is settled, as the processor holds every message.
+        keeper = delivery.queue.keeper
+        keeper.track(message)
+        try:
+            return await self._step.observed(origin, lambda: self._decide(delivery, exc))
+        finally:
+            keeper.release(message)
 
     async def _decide(self, delivery: Delivery, exc: Exception) -> Outcome:
         message = delivery.message
-        parsed = parse_envelope(message.body, message.attributes, delivery.queue.runtime.spec)
+        parsed = parse_envelope(message.body, message.raw_attributes, delivery.queue.runtime.spec)
         token = parsed.token
         if token is not None:
             note_token(token)  # from here the log redacts it, the traceback's included
         route = None
         if isinstance(parsed, Envelope) and parsed.message_type:
             route = self._router.get(parsed.message_type)
-        note_type(route.message_type if route is not None else "none")
+        note_type(route.message_type if route is not None else "unknown")
         max_attempts = (
             route.options.max_attempts if route is not None else None
         ) or self._defaults.max_attempts
