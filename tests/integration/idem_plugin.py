@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import time
 from typing import Any
 
 import anyio
@@ -50,8 +51,7 @@ async def charge(task: Task[dict[str, Any]]) -> dict[str, Any]:
 )
 async def slow_charge(task: Task[dict[str, Any]]) -> dict[str, Any]:
     _append("start", task)
-    with anyio.CancelScope(shield=True):  # deaf to its timeout
-        await anyio.sleep(float(os.environ.get("IDEM_TEST_RUN_S", "8")))
+    await sleep_deaf(float(os.environ.get("IDEM_TEST_RUN_S", "8")))
     _append("effect", task)
     return {"charged": task.payload.get("case")}
 
@@ -64,3 +64,14 @@ class CardDeclined(NonRetryable, Exception):
 async def declined(task: Task[dict[str, Any]]) -> None:
     _append("start", task)
     raise CardDeclined("insufficient funds")
+
+
+async def sleep_deaf(seconds: float) -> None:
+    """Sleep ``seconds`` whatever cancels it: a handler that swallows ``CancelledError``
+    (the broker cancels a run once at its timeout, then abandons it)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            await anyio.sleep(left)
+        except anyio.get_cancelled_exc_class():
+            pass  # deaf to its timeout, on purpose

@@ -146,7 +146,9 @@ def test_a_bad_key_is_refused_at_start_up_without_quoting_it() -> None:
 def test_the_base_url_must_be_http_or_https(url: str) -> None:
     from broker.core.settings import load_settings
 
-    with pytest.raises(ConfigError, match="BROKER_DECISION_BASE_URL"):
+    # Given as an argument, the error names it so (from the environment it would say
+    # BROKER_DECISION_BASE_URL): where the value came from.
+    with pytest.raises(ConfigError, match=r"decision_base_url \(argument\)"):
         load_settings(decision_base_url=url)
 
 
