@@ -35,6 +35,7 @@ from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
 from broker.decisions.links import new_key
+from broker.observability.guard import guard_output
 from broker.observability.logs import configure_logging
 from broker.service import Broker, configuration_problems
 from broker.sqs.lookup import resolve_queue
@@ -159,6 +160,7 @@ def _run_async(func: Any, *args: Any) -> int:
 
 async def run_broker(settings: BrokerSettings, router: Router) -> int:
     """Run until SIGINT/SIGTERM; a second signal stops at once."""
+    guard_output()  # a handler's print, a traceback nobody caught: no token either
     broker = Broker(settings, router)
     async with anyio.create_task_group() as root:
         root.start_soon(_watch_signals, broker, root.cancel_scope)

@@ -1,9 +1,11 @@
 """Logging set-up: JSON lines for containers, readable text on a terminal.
 
 Every record passes through one redaction step (``redact.py`` beside this module), so a
-task token that slipped into a message or an exception (botocore includes request
-parameters in some errors, and prints whole request and response bodies at DEBUG) is
-replaced by its short hash before it is written anywhere.
+task token that slipped into a message, an ``extra`` field or an exception (botocore
+includes request parameters in some errors, and prints whole request and response bodies
+at DEBUG) is replaced by its short hash before it is written anywhere.  That holds for
+records written outside any message's context too (another thread's, asyncio's "Task
+exception was never retrieved"): every token the process holds is looked for, by content.
 """
 
 from __future__ import annotations
@@ -56,10 +58,25 @@ class JsonFormatter(logging.Formatter):
             "message": redact_tokens(record.getMessage()),
         }
         for key, value in _fields(record).items():
-            event[key] = redact_tokens(value) if isinstance(value, str) else value
+            event[key] = _redacted_field(value)
         if record.exc_info:
             event["exception"] = redact_tokens(self.formatException(record.exc_info))
         return orjson.dumps(event, default=str).decode()
+
+
+def _redacted_field(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_tokens(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    # A dict or a list (or any object) may hold a token: the JSON it is written as is
+    # redacted, and written as that text if anything was hidden.
+    try:
+        text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # too deep, a wide integer: written as its str
+        return redact_tokens(str(value))
+    hidden = redact_tokens(text)
+    return value if hidden == text else hidden
 
 
 class TextFormatter(logging.Formatter):

@@ -1,0 +1,181 @@
+"""The task tokens this process holds, and where any long piece of one sits in a text.
+
+Every redaction (log lines, spans, stderr, a failure's cause, a dead-letter detail) asks
+this registry, so a line that does not know which task it is about (another thread's, an
+asyncio "Task exception was never retrieved", a library's stderr) is caught as well as the
+task's own.  A token is held from the moment its message is parsed until the message's
+attempt ends, and then stays known for the last ``RECENT`` released tokens: a handler's
+orphaned task or thread can write after its message has settled.
+
+Matching is by content, not by spelling: a text is searched for any run of a held token's
+own characters, ``MIN_RUN`` long or longer.  The index keeps the hash of one ``GRAM``-char
+piece of each token every ``STEP`` characters, so any common run of ``GRAM + STEP - 1``
+characters contains one indexed piece whole: about ``len(token) / 8`` dict entries per
+token, instead of one per character.  A hit is then confirmed against the tokens and
+widened to the whole common run.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Final
+
+__all__ = ["GRAM", "MIN_RUN", "STEP", "Index", "hold", "index_of", "release"]
+
+GRAM: Final = 12
+STEP: Final = 8
+#: The shortest run of a token's characters that is always found (19); shorter tokens
+#: are not indexed (they are matched whole, by spelling, in their own message's lines).
+MIN_RUN: Final = GRAM + STEP - 1
+#: Released tokens still matched: a late line about a settled message.
+RECENT: Final = 1024
+#: Held tokens indexed at most (about twice the largest concurrency anyone runs): past
+#: it the oldest stop being indexed and are caught in their own message's lines only.
+MAX_HELD: Final = 16_384
+
+
+class Index:
+    """Tokens, their sampled pieces, and a pattern for runs of their characters."""
+
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        self.grams: dict[int, int] = {}
+        self.tokens: dict[str, None] = {}
+        self._chars: set[str] = set()
+        self.runs: re.Pattern[str] | None = None
+        for token in tokens:
+            self.add(token)
+
+    def add(self, token: str) -> None:
+        self.tokens[token] = None
+        for gram in _grams(token):
+            self.grams[gram] = self.grams.get(gram, 0) + 1
+        if not self._chars.issuperset(token):
+            self._chars.update(token)
+            alphabet = "".join(sorted(re.escape(c) for c in self._chars if not c.isspace()))
+            self.runs = re.compile(f"[{alphabet}]{{{MIN_RUN},}}")
+
+    def remove(self, token: str) -> None:
+        self.tokens.pop(token, None)
+        for gram in _grams(token):
+            left = self.grams.get(gram, 0) - 1
+            if left > 0:
+                self.grams[gram] = left
+            else:
+                self.grams.pop(gram, None)
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Each run of ``text`` that is a piece of an indexed token, as (start, end,
+        token), left to right, not overlapping; runs shorter than ``MIN_RUN`` may be
+        missed."""
+        runs, grams = self.runs, self.grams
+        if runs is None or not grams:
+            return []
+        found: list[tuple[int, int, str]] = []
+        for run in runs.finditer(text):
+            low, high = run.span()
+            at = low
+            while at <= high - GRAM:
+                if hash(text[at : at + GRAM]) in grams:
+                    hit = self._widen(text, at, low, high)
+                    if hit is not None:
+                        found.append(hit)
+                        at = low = hit[1]
+                        continue
+                at += 1
+        return found
+
+    def _widen(self, text: str, at: int, low: int, high: int) -> tuple[int, int, str] | None:
+        """The longest common run around ``text[at:at+GRAM]`` with a token holding it."""
+        gram = text[at : at + GRAM]
+        best: tuple[int, int, str] | None = None
+        for token in list(self.tokens):  # a copy: another thread may add or remove
+            where = token.find(gram)
+            for _ in range(8):  # a repetitive token: try its first few occurrences
+                if where < 0:
+                    break
+                left = _common(text, at, token, where, min(at - low, where), backwards=True)
+                right = _common(text, at, token, where, min(high - at, len(token) - where))
+                if best is None or right + left > best[1] - best[0]:
+                    best = (at - left, at + right, token)
+                where = token.find(gram, where + 1)
+        return best
+
+
+def _grams(token: str) -> list[int]:
+    if len(token) < MIN_RUN:
+        return []
+    starts = {*range(0, len(token) - GRAM + 1, STEP), len(token) - GRAM}
+    return [hash(token[i : i + GRAM]) for i in starts]
+
+
+def _common(a: str, i: int, b: str, j: int, limit: int, *, backwards: bool = False) -> int:
+    """How many characters ``a`` and ``b`` share from ``a[i]``/``b[j]`` on (or before them,
+    ``backwards``), at most ``limit``: a binary search over slice comparisons, done in C."""
+    low, high = 0, limit
+    while low < high:
+        mid = (low + high + 1) // 2
+        same = a[i - mid : i] == b[j - mid : j] if backwards else a[i : i + mid] == b[j : j + mid]
+        if same:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+class _Held:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.index = Index()
+
+    def hold(self, token: str) -> None:
+        if len(token) < MIN_RUN:
+            return
+        with self._lock:
+            count = self._count.get(token, 0)
+            self._count[token] = count + 1
+            if count:
+                return
+            if token in self._recent:
+                del self._recent[token]  # still indexed
+            else:
+                self.index.add(token)
+            if len(self._count) > MAX_HELD:
+                oldest = next(iter(self._count))
+                del self._count[oldest]
+                self.index.remove(oldest)
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            count = self._count.get(token)
+            if count is None:
+                return
+            if count > 1:
+                self._count[token] = count - 1
+                return
+            del self._count[token]
+            self._recent[token] = None
+            if len(self._recent) > RECENT:
+                self.index.remove(self._recent.popitem(last=False)[0])
+
+
+_held = _Held()
+
+
+def hold(token: str) -> None:
+    """``token`` is in this process's hands: redact it from every text until released."""
+    _held.hold(token)
+
+
+def release(token: str) -> None:
+    """One holder of ``token`` is done with it (it stays matched for a while)."""
+    _held.release(token)
+
+
+def index_of() -> Index:
+    """The index of the held (and recently released) tokens."""
+    return _held.index
