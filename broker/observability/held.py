@@ -17,13 +17,14 @@ widened to the whole common run.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["GRAM", "MIN_RUN", "STEP", "Index", "hold", "index_of", "release"]
+__all__ = ["GRAM", "MIN_RUN", "STEP", "Index", "hold", "index_of", "release", "token_ref"]
 
 GRAM: Final = 12
 STEP: Final = 8
@@ -35,6 +36,16 @@ RECENT: Final = 1024
 #: Held tokens indexed at most (about twice the largest concurrency anyone runs): past
 #: it the oldest stop being indexed and are caught in their own message's lines only.
 MAX_HELD: Final = 16_384
+
+
+def token_ref(token: str) -> str:
+    """A short, stable, non-reversible reference to a token, safe for logs and errors.
+
+    A hash rather than a prefix: token prefixes are shared by every task of an
+    execution, so a prefix would neither identify the task nor be safe to publish.
+    """
+    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return f"tok:{digest}"
 
 
 class Index:

@@ -1,57 +1,40 @@
 """Task tokens are credentials: this is the one place that decides how they appear in logs.
 
-``redact`` is applied to every log line (broker/observability/logs.py), to every text a span
-records (broker/observability/tracing.py) and, under ``broker run``, to everything written
-to stdout and stderr (broker/observability/guard.py).  It replaces, by their ``token_ref``:
+``redact`` is applied to every log line (observability/logs.py), every text a span records
+(observability/tracing.py) and, under ``broker run``, everything written to stdout and
+stderr (observability/guard.py).  It replaces, by their ``token_ref``:
 
-1. every token this process holds (broker/observability/held.py: the messages in hand and
-   the last released ones), by content: any run of 19 or more of a token's own characters
-   in a row, as written or after undoing the escapes a handler is likely to apply
-   (percent-encoding, repeatedly; backslash escapes such as JSON's escaped slash; base64 and
-   base64url).  A run found raw is replaced exactly; a word that only decodes to one
-   goes whole.  So a token quoted in halves, as a URL, in a traceback, from another
-   thread or an orphaned asyncio task leaves no 19 characters of itself behind;
+1. every token this process holds (the messages in hand and the last ones released), by
+   content: any run of 19 or more of its characters, raw or after undoing percent-encoding,
+   backslash escapes or base64 (observability/content.py, observability/held.py);
 2. the token of the message being handled, in its exact spellings (whole, as a JSON
-   string, in a URL or a form field): a token too short to be matched by content (the
-   emulators' are 36-character UUIDs, matched by both rules; a test's may be shorter);
+   string, in a URL or a form field): also a token too short to be matched by content;
 3. the value of every field whose name says it is a token or a receipt handle
    (``"TaskToken": "…"``, ``'taskToken': '…'``, ``MyTaskToken=…``,
    ``<ReceiptHandle>…</ReceiptHandle>``, ``X-Amz-Security-Token``, a queue's own
    ``token_fields``), however deeply the JSON around it is escaped.  This is what keeps
-   botocore's DEBUG lines safe: they print request and response bodies (a
-   ReceiveMessage answer holds every message body) before any of their tokens is held;
+   botocore's DEBUG lines safe: they print request and response bodies (a ReceiveMessage
+   answer holds every message body) before any of their tokens is held;
 4. the access key id in an ``Authorization`` header's ``Credential=``;
 5. anything token-like by length alone (120+ base64-ish characters).
 
-``redact_token`` applies rules 1 and 2 only, to the texts the broker sends on (a
-failure's cause, a dead-letter copy's detail): they are the handler's data.
+``redact_token`` applies rules 1 and 2 only, to the texts the broker sends on (a failure's
+cause, a dead-letter copy's detail): they are the handler's data.
 """
 
 from __future__ import annotations
 
-import binascii
 import functools
-import hashlib
 import json
 import re
 from collections.abc import Iterable
 from typing import Final
-from urllib.parse import quote, quote_plus, unquote
+from urllib.parse import quote, quote_plus
 
-from broker.observability.held import MIN_RUN, Index, index_of
+from broker.observability.content import by_content
+from broker.observability.held import token_ref
 
 __all__ = ["loggable", "redact", "redact_token", "register_token_fields", "token_ref"]
-
-
-def token_ref(token: str) -> str:
-    """A short, stable, non-reversible reference to a token, safe for logs and errors.
-
-    A hash rather than a prefix: token prefixes are shared by every task of an
-    execution, so a prefix would neither identify the task nor be safe to publish.
-    """
-    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-    return f"tok:{digest}"
-
 
 #: Text from a message (a type nobody registered, a parse error quoting the body) is cut
 #: to this many characters before it is logged: a hostile message must not write 10 KB
@@ -118,9 +101,8 @@ def redact(text: str, token: str | None = None) -> str:
     """``text`` with ``token``, every token-named field's value and every long secret
     replaced by its ``token_ref``.
 
-    ``token`` is replaced in every spelling a handler's message may quote it in: whole,
-    as a JSON string, in a URL or a form field.  Redact before cutting a text, so that no
-    prefix of a token is left.
+    ``token`` and the held tokens go in every spelling (rules 1 and 2).  Redact before
+    cutting a text, so that no prefix of a token is left.
     """
     if token:
         text = _by_spelling(text, token)
@@ -130,7 +112,7 @@ def redact(text: str, token: str | None = None) -> str:
         text = _field_value.sub(_replace_value, text)
     if "Credential=" in text:
         text = _CREDENTIAL.sub(r"\1<access-key-id>", text)
-    text = _by_content(text, token)
+    text = by_content(text, token)
     if len(text) < _LONG_SECRET_CHARS:
         return text  # too short to hold a long secret
     return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
@@ -141,15 +123,11 @@ def _replace_value(match: re.Match[str]) -> str:
 
 
 def redact_token(text: str, token: str | None) -> str:
-    """``text`` without ``token`` or any held token (rules 1 and 2 above).
-
-    For the texts the broker sends on (a failure's cause, a dead-letter copy's detail):
-    they are the handler's data, so only tokens go, not whatever merely looks like one
-    (``redact``'s other rules are for log lines).
-    """
+    """``text`` without ``token`` or any held token (rules 1 and 2 above): for the texts
+    the broker sends on, the handler's data, only tokens go, not what looks like one."""
     if token:
         text = _by_spelling(text, token)
-    return _by_content(text, token)
+    return by_content(text, token)
 
 
 def _by_spelling(text: str, token: str) -> str:
@@ -166,113 +144,3 @@ def _spellings(token: str) -> tuple[tuple[str, str], ...]:
     ref = token_ref(token)
     spellings = {token, json.dumps(token)[1:-1], quote(token, safe=""), quote_plus(token, safe="")}
     return tuple((spelling, ref) for spelling in sorted(spellings, key=len, reverse=True))
-
-
-# ---------------------------------------------------------------- by content (rule 1)
-
-_HELD: Final = index_of()
-#: A word: what a decoded match replaces whole (a URL's query value, a JSON string).
-_WORD: Final = re.compile(rf"[^\s\"'<>()\[\]{{}},;|&?]{{{MIN_RUN},}}")
-#: base64 or base64url of at least 18 bytes: shorter cannot hold 19 token characters
-#: whatever its alignment.
-_BASE64: Final = re.compile(r"[A-Za-z0-9+/_\-]{24,}")
-#: Hex and dashes (ids, hashes, UUIDs): valid base64, but the base64 of text never is.
-_HEXISH: Final = re.compile(r"[0-9A-Fa-f\-]+")
-_BACKSLASH_U: Final = re.compile(r"\\+u([0-9A-Fa-f]{4})")
-_BACKSLASH: Final = re.compile(r"\\+(.)", re.DOTALL)
-_URLSAFE: Final = str.maketrans("-_", "+/")
-
-
-def _by_content(text: str, token: str | None) -> str:
-    """``text`` with every run of a held token's characters (and of ``token``'s) replaced."""
-    held = _HELD
-    own = _own(token) if token else None
-    if (own is None and not held.grams) or len(text) < MIN_RUN:
-        return text  # nothing held (an idle broker, a command), or too short to hold one
-    indexes = [held] if own is None else [held, own]
-    if "%" in text or "\\" in text:
-        # Before the raw runs: a word that decodes to a token goes whole, with the short
-        # raw pieces between its escapes.
-        text = _WORD.sub(lambda word: _decoded_word(word.group(0), indexes), text)
-    for index in indexes:
-        spans = index.spans(text)
-        if spans:
-            text = _swap(text, spans)
-    if _BASE64.search(text) is None:
-        return text
-    return _BASE64.sub(lambda run: _base64_run(run.group(0), indexes), text)
-
-
-def _own(token: str) -> Index | None:
-    """An index of ``token`` when it is long enough and not held (a cause redacted after
-    its message's attempt, a test's direct call)."""
-    if len(token) < MIN_RUN or token in _HELD.tokens:
-        return None
-    return _index_of_one(token)
-
-
-@functools.lru_cache(maxsize=64)
-def _index_of_one(token: str) -> Index:
-    return Index((token,))
-
-
-def _swap(text: str, spans: list[tuple[int, int, str]]) -> str:
-    for start, end, token in reversed(spans):
-        text = f"{text[:start]}{token_ref(token)}{text[end:]}"
-    return text
-
-
-def _found(text: str, indexes: list[Index]) -> str | None:
-    """The first token a piece of ``text`` (already decoded) belongs to."""
-    for index in indexes:
-        spans = index.spans(text)
-        if spans:
-            return spans[0][2]
-    return None
-
-
-def _unescaped(text: str) -> str:
-    """``text`` with percent-encoding and backslash escapes undone, a few layers deep."""
-    for _ in range(4):
-        plain = unquote(text) if "%" in text else text
-        if "\\" in plain:
-            plain = _BACKSLASH_U.sub(lambda m: chr(int(m.group(1), 16)), plain)
-            plain = _BACKSLASH.sub(r"\1", plain)
-        if plain == text:
-            break
-        text = plain
-    return text
-
-
-def _decoded_word(word: str, indexes: list[Index]) -> str:
-    if "%" not in word and "\\" not in word:
-        return word
-    plain = _unescaped(word)
-    token = _found(plain, indexes)
-    if token is None and _BASE64.search(plain):
-        token = next((t for run in _BASE64.findall(plain) if (t := _in_base64(run, indexes))), None)
-    return word if token is None else token_ref(token)
-
-
-def _base64_run(run: str, indexes: list[Index]) -> str:
-    if _HEXISH.fullmatch(run):
-        return run
-    token = _in_base64(run, indexes)
-    return run if token is None else token_ref(token)
-
-
-def _in_base64(run: str, indexes: list[Index]) -> str | None:
-    """The token whose piece ``run`` encodes (at any of its four alignments), if any."""
-    normal = run.translate(_URLSAFE)
-    for offset in range(4):
-        chunk = normal[offset:]
-        try:
-            plain = binascii.a2b_base64(chunk[: len(chunk) // 4 * 4]).decode("latin-1")
-        except binascii.Error:
-            continue
-        token = _found(plain, indexes)
-        if token is None and ("%" in plain or "\\" in plain):
-            token = _found(_unescaped(plain), indexes)
-        if token is not None:
-            return token
-    return None

@@ -2,7 +2,7 @@
 
 One table: each spelling a careless handler writes its token in (raw, the URL and form
 encodings, JSON with and without escaped slashes, twice percent-encoded, base64 and
-base64url, cut in two halves, a bytes repr, an exception's traceback) × each way out of the
+base64url, cut in two halves, a bytes repr, an exception's traceback) by each way out of the
 process (its own log line, a log line from another thread, the SendTaskFailure cause, the
 dead-letter copy's attributes, an asyncio task exception nobody retrieved, and stdout and
 stderr of a real ``broker run``).  Nowhere may ``RUN`` characters in a row of any spelling
@@ -25,8 +25,7 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -52,7 +51,9 @@ def make_token(seed: str) -> str:
     """A token shaped like Step Functions' (base64, 644 characters, ``+``, ``/``, ``=``)."""
     raw = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(16))[:482]
     token = base64.b64encode(raw).decode()
-    assert "+" in token and "/" in token and token.endswith("=")
+    assert "+" in token
+    assert "/" in token
+    assert token.endswith("=")
     return token
 
 
@@ -133,7 +134,7 @@ def _leaky_router(way: str, spelling: Callable[[str], str], seen: list[str]) -> 
             async def orphan() -> None:
                 raise RuntimeError(text)
 
-            asyncio.get_running_loop().create_task(orphan())  # noqa: RUF006 - the leak
+            asyncio.get_running_loop().create_task(orphan())  # the leak: nobody awaits it
             await anyio.sleep(0.01)
         elif way == "SendTaskFailure cause":
             raise TaskFailed("Leak.Refused", text)
@@ -199,7 +200,7 @@ async def test_no_piece_of_a_token_leaves_in_process(way: str, spelling: str) ->
 
 # ------------------------------------------------------------------ broker run, moto
 
-_PLUGIN = '''
+_PLUGIN = """
     import asyncio, base64, json, logging, sys, threading, traceback, warnings
     from urllib.parse import quote, quote_plus
     from broker import Router
@@ -233,7 +234,7 @@ _PLUGIN = '''
             traceback.print_exc()
         await asyncio.sleep(0.05)
         return {{"ok": True}}
-'''
+"""
 
 _SOURCES = {
     "raw": "lambda t: f'callback {t} failed'",
@@ -253,7 +254,7 @@ _SOURCES = {
 
 
 @pytest.fixture(scope="module")
-def broker_run_output(aws: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def broker_run_output(aws: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> str:
     """stdout and stderr of one ``broker run`` whose handler leaks every spelling."""
     assert set(_SOURCES) == set(SPELLINGS)
     directory = tmp_path_factory.mktemp("leaky")
@@ -275,7 +276,10 @@ def broker_run_output(aws: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory
     out, err = directory / "stdout", directory / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "run"], env=env, cwd=directory, stdout=stdout,
+            [sys.executable, "-m", "broker", "run"],
+            env=env,
+            cwd=directory,
+            stdout=stdout,
             stderr=stderr,
         )
     try:
@@ -290,7 +294,7 @@ def broker_run_output(aws: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-    yield out.read_text() + err.read_text()
+    return out.read_text() + err.read_text()
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
