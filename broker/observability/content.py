@@ -27,7 +27,8 @@ _HELD: Final = index_of()
 _WORD: Final = re.compile(rf"[^\s\"'<>()\[\]{{}},;|&?]{{{MIN_RUN},}}")
 #: base64 or base64url of at least 18 bytes: shorter cannot hold 19 token characters
 #: whatever its alignment.
-_BASE64: Final = re.compile(r"[A-Za-z0-9+/_\-]{24,}")
+_BASE64_CHARS: Final = 24
+_BASE64: Final = re.compile(rf"[A-Za-z0-9+/_\-]{{{_BASE64_CHARS},}}")
 #: Hex and dashes (ids, hashes, UUIDs): valid base64, but the base64 of text never is.
 _HEXISH: Final = re.compile(r"[0-9A-Fa-f\-]+")
 _BACKSLASH_U: Final = re.compile(r"\\+u([0-9A-Fa-f]{4})")
@@ -42,17 +43,39 @@ def by_content(text: str, token: str | None) -> str:
     if (own is None and not held.grams) or len(text) < MIN_RUN:
         return text  # nothing held (an idle broker, a command), or too short to hold one
     indexes = [held] if own is None else [held, own]
-    if "%" in text or "\\" in text:
+    # Split in C first: most lines have no chunk long enough to hold a run, or only an id.
+    capitals_only = not any(index.lowercase for index in indexes)
+    redacted = text
+    for chunk in text.split():
+        # A chunk with no capital letter: an id, a path, a word (the base64 of a token
+        # has capitals but by a chance of 1 in 250,000).
+        if len(chunk) >= MIN_RUN and not (capitals_only and chunk.islower()):
+            hidden = _WORD.sub(lambda word: _word(word.group(0), indexes), chunk)
+            if hidden != chunk:
+                redacted = redacted.replace(chunk, hidden)
+    return redacted
+
+
+def _word(word: str, indexes: list[Index]) -> str:
+    if "%" in word or "\\" in word:
         # Before the raw runs: a word that decodes to a token goes whole, with the short
         # raw pieces between its escapes.
-        text = _WORD.sub(lambda word: _decoded_word(word.group(0), indexes), text)
+        plain = _unescaped(word)
+        if plain != word:
+            token = _found(plain, indexes) or _in_base64_runs(plain, indexes)
+            if token is not None:
+                return token_ref(token)
     for index in indexes:
-        spans = index.spans(text)
+        spans = index.spans(word)
         if spans:
-            text = _swap(text, spans)
-    if _BASE64.search(text) is None:
-        return text
-    return _BASE64.sub(lambda run: _base64_run(run.group(0), indexes), text)
+            word = _swap(word, spans)
+    if len(word) < _BASE64_CHARS or _HEXISH.fullmatch(word):
+        return word
+    for run in _BASE64.findall(word):
+        token = None if _HEXISH.fullmatch(run) else _in_base64(run, indexes)
+        if token is not None:
+            word = word.replace(run, token_ref(token))
+    return word
 
 
 def _own(token: str) -> Index | None:
@@ -96,21 +119,12 @@ def _unescaped(text: str) -> str:
     return text
 
 
-def _decoded_word(word: str, indexes: list[Index]) -> str:
-    if "%" not in word and "\\" not in word:
-        return word
-    plain = _unescaped(word)
-    token = _found(plain, indexes)
-    if token is None and _BASE64.search(plain):
-        token = next((t for run in _BASE64.findall(plain) if (t := _in_base64(run, indexes))), None)
-    return word if token is None else token_ref(token)
-
-
-def _base64_run(run: str, indexes: list[Index]) -> str:
-    if _HEXISH.fullmatch(run):
-        return run
-    token = _in_base64(run, indexes)
-    return run if token is None else token_ref(token)
+def _in_base64_runs(text: str, indexes: list[Index]) -> str | None:
+    for run in _BASE64.findall(text):
+        token = None if _HEXISH.fullmatch(run) else _in_base64(run, indexes)
+        if token is not None:
+            return token
+    return None
 
 
 def _in_base64(run: str, indexes: list[Index]) -> str | None:

@@ -53,6 +53,10 @@ class Index:
 
     def __init__(self, tokens: Iterable[str] = ()) -> None:
         self.grams: dict[int, int] = {}
+        #: Tokens with a run of ``MIN_RUN`` characters and no capital letter in it (the
+        #: emulators' UUIDs; 1 in 30 base64 tokens): while there is none, a text without
+        #: a capital letter cannot hold a run, which spares ids and paths any work.
+        self.lowercase = 0
         self.tokens: dict[str, None] = {}
         self._chars: set[str] = set()
         self.runs: re.Pattern[str] | None = None
@@ -61,6 +65,7 @@ class Index:
 
     def add(self, token: str) -> None:
         self.tokens[token] = None
+        self.lowercase += _NO_CAPITAL.search(token) is not None
         for gram in _grams(token):
             self.grams[gram] = self.grams.get(gram, 0) + 1
         if not self._chars.issuperset(token):
@@ -69,7 +74,8 @@ class Index:
             self.runs = re.compile(f"[{alphabet}]{{{MIN_RUN},}}")
 
     def remove(self, token: str) -> None:
-        self.tokens.pop(token, None)
+        if self.tokens.pop(token, 0) is None:
+            self.lowercase -= _NO_CAPITAL.search(token) is not None
         for gram in _grams(token):
             left = self.grams.get(gram, 0) - 1
             if left > 0:
@@ -134,6 +140,9 @@ def _common(a: str, i: int, b: str, j: int, limit: int, *, backwards: bool = Fal
         else:
             high = mid - 1
     return low
+
+
+_NO_CAPITAL: Final = re.compile(f"[^A-Z]{{{MIN_RUN}}}")
 
 
 class _Held:

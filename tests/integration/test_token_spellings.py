@@ -4,7 +4,7 @@ One table: each spelling a careless handler writes its token in (raw, the URL an
 encodings, JSON with and without escaped slashes, twice percent-encoded, base64 and
 base64url, cut in two halves, a bytes repr, an exception's traceback) by each way out of the
 process (its own log line, a log line from another thread, the SendTaskFailure cause, the
-dead-letter copy's attributes, an asyncio task exception nobody retrieved, and stdout and
+dead-letter copy's attributes, its span, an asyncio task exception nobody retrieved, and stdout and
 stderr of a real ``broker run``).  Nowhere may ``RUN`` characters in a row of any spelling
 of the token be found.  The fakes show the first five; the last needs the process, on
 the embedded moto server.
@@ -32,12 +32,15 @@ from urllib.parse import quote, quote_plus
 import anyio
 import orjson
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker import QueueSettings, Router, Task, TaskFailed
 from broker.local.moto import EmbeddedAws
 from broker.observability.held import MIN_RUN
 from broker.observability.redact import redact, redact_token, token_ref
-from broker.testing import TestBroker
+from broker.testing import TestBroker, client_error
 from tests.cli import clean_env
 from tests.observing import json_logs
 from tests.unit.conftest import make_settings
@@ -151,11 +154,20 @@ async def _through_the_fakes(way: str, spelling: Callable[[str], str], token: st
     Functions got, the dead-letter copy's attributes."""
     seen: list[str] = []
     queue = QueueSettings(name="tasks", wait_time_s=1, dead_letter_queue="tasks-dlq")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
     with json_logs("INFO") as logs:
         async with TestBroker(
-            _leaky_router(way, spelling, seen), make_settings(queue, max_attempts=1)
+            _leaky_router(way, spelling, seen),
+            make_settings(queue, max_attempts=1),
+            tracer_provider=provider if way == "span" else None,
         ) as tb:
             tb.sfn.new_token(token)
+            if way == "span":
+                # An AWS error quoting what it refused: recorded on the completion's span.
+                error = client_error("ValidationException", f"refused: {spelling(token)}")
+                tb.sfn.fail_next("send_task_success", error)
             body = orjson.dumps({"TaskToken": token, "input": {}, "type": "leak"})
             tb.sqs.put("tasks", body)
             await tb.wait_idle()
@@ -164,9 +176,13 @@ async def _through_the_fakes(way: str, spelling: Callable[[str], str], token: st
                     while "never retrieved" not in logs.getvalue():
                         gc.collect()
                         await anyio.sleep(0.02)
-        outcome = tb.sfn.outcomes[token]
+        outcome = tb.sfn.outcomes.get(token)
         copies = tb.sqs.messages("tasks-dlq")
+    recorded = [span.to_json() for span in spans.get_finished_spans()]
+    if way == "span":
+        assert any('"name": "exception"' in span for span in recorded), recorded
     if way in ("SendTaskFailure cause", "dead-letter attributes"):
+        assert outcome is not None
         assert outcome.status == "failure", outcome
         assert outcome.cause, "no cause: the row shows nothing"
     else:
@@ -177,7 +193,8 @@ async def _through_the_fakes(way: str, spelling: Callable[[str], str], token: st
     else:
         assert copies == []
     attributes = [json.dumps(copy.attributes) for copy in copies]
-    return "\n".join([logs.getvalue(), outcome.cause or "", *attributes])
+    cause = outcome.cause if outcome is not None else None
+    return "\n".join([logs.getvalue(), cause or "", *attributes, *recorded])
 
 
 IN_PROCESS = (
@@ -185,6 +202,7 @@ IN_PROCESS = (
     "other thread",
     "SendTaskFailure cause",
     "dead-letter attributes",
+    "span",
     "unretrieved task exception",
 )
 
