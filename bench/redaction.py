@@ -1,12 +1,13 @@
 """CPU cost of the log redaction per line: the outcome line every task writes, and others.
 
-    .venv/bin/python bench/redaction.py [--held N] [--lines N]
+    .venv/bin/python bench/redaction.py [--held N] [--released N] [--lines N]
 
 Formats the broker's one log record per task (the outcome event, JSON, with a UUID
 message id) and a few other lines with the ``broker run`` formatter, with nothing held
-and with ``--held`` tokens held (the default concurrency, 128) and the task's own token
-current, and prints the process CPU time per line (the best of 5 runs, so other load on
-the machine counts as little as it can).
+and in the steady state of a busy broker (``--released`` tokens released, ``--held``
+held: the default concurrency, 128; the task's own token current), and prints the
+process CPU time per line (the best of 5 runs, so other load on the machine counts as
+little as it can).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def _cpu_us(call: Callable[[], object], lines: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held", type=int, default=128)
+    parser.add_argument("--released", type=int, default=1024)
     parser.add_argument("--lines", type=int, default=20_000)
     args = parser.parse_args()
     formatter = JsonFormatter()
@@ -77,21 +79,29 @@ def main() -> None:
         "outcome line": _outcome(),
         "handler line": _plain("order 42 shipped to Berlin in 3 parcels, 100% done"),
         "line with a path": _plain("see /srv/app/handlers/orders/purchase.py line 12"),
+        "line with a URL": _plain("GET https://api.example.com/v1/Orders?id=A1b2C3d4E5f6G7h8"),
     }
-    current = _token(-1)
-    for label, record in records.items():
-        idle = _cpu_us(lambda r=record: formatter.format(r), args.lines)  # type: ignore[misc]
-        print(f"{label:18} nothing held: {idle:6.2f} µs", end="")
+    idle = {
+        label: _cpu_us(lambda r=record: formatter.format(r), args.lines)  # type: ignore[misc]
+        for label, record in records.items()
+    }
+    if held is not None:  # the steady state: the last released, the ones in hand
+        for seed in range(args.held, args.held + args.released):
+            held.hold(_token(seed))
+            held.release(_token(seed))
         for seed in range(args.held):
-            if held is not None:
-                held.hold(_token(seed))
-        with message_record("orders", "m-1", 1):
-            note_token(current)
-            busy = _cpu_us(lambda r=record: formatter.format(r), args.lines)  # type: ignore[misc]
-        for seed in range(args.held):
-            if held is not None:
-                held.release(_token(seed))
-        print(f"   {args.held} held + its own: {busy:6.2f} µs")
+            held.hold(_token(seed))
+    with message_record("orders", "m-1", 1):
+        note_token(_token(-1))
+        busy = {
+            label: _cpu_us(lambda r=record: formatter.format(r), args.lines)  # type: ignore[misc]
+            for label, record in records.items()
+        }
+    for label in records:
+        print(
+            f"{label:18} nothing held: {idle[label]:6.2f} µs   "
+            f"{args.held} held, {args.released} released, its own: {busy[label]:6.2f} µs"
+        )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,19 @@ import re
 from typing import Final
 from urllib.parse import unquote
 
-from broker.observability.held import MIN_RUN, Index, index_of, token_ref
+from broker.observability.held import (
+    MIN_RUN,
+    Index,
+    has_lower_run,
+    index_of,
+    lower_index_of,
+    token_ref,
+)
 
 __all__ = ["by_content"]
 
 _HELD: Final = index_of()
+_LOWER: Final = lower_index_of()
 #: A word: what a decoded match replaces whole (a URL's query value, a JSON string).
 _WORD: Final = re.compile(rf"[^\s\"'<>()\[\]{{}},;|&?]{{{MIN_RUN},}}")
 #: base64 or base64url of at least 18 bytes: shorter cannot hold 19 token characters
@@ -43,17 +51,31 @@ def by_content(text: str, token: str | None) -> str:
     if (own is None and not held.grams) or len(text) < MIN_RUN:
         return text  # nothing held (an idle broker, a command), or too short to hold one
     indexes = [held] if own is None else [held, own]
-    # Split in C first: most lines have no chunk long enough to hold a run, or only an id.
-    capitals_only = not any(index.lowercase for index in indexes)
+    lower = [_LOWER] if _LOWER.grams else []
+    if own is not None and has_lower_run(token or ""):
+        lower.append(own)
     redacted = text
+    # Split in C first: most lines have no chunk long enough to hold a run, or only ids
+    # and paths without a capital letter, searched for the few tokens such a chunk can
+    # hold a run of (the base64 of a token has capitals but by a chance of 1 in 250,000).
     for chunk in text.split():
-        # A chunk with no capital letter: an id, a path, a word (the base64 of a token
-        # has capitals but by a chance of 1 in 250,000).
-        if len(chunk) >= MIN_RUN and not (capitals_only and chunk.islower()):
+        if len(chunk) < MIN_RUN:
+            continue
+        if chunk.islower():
+            hidden = _raw(chunk, lower) if lower else chunk
+        else:
             hidden = _WORD.sub(lambda word: _word(word.group(0), indexes), chunk)
-            if hidden != chunk:
-                redacted = redacted.replace(chunk, hidden)
+        if hidden != chunk:
+            redacted = redacted.replace(chunk, hidden)
     return redacted
+
+
+def _raw(word: str, indexes: list[Index]) -> str:
+    for index in indexes:
+        spans = index.spans(word)
+        if spans:
+            word = _swap(word, spans)
+    return word
 
 
 def _word(word: str, indexes: list[Index]) -> str:
@@ -65,10 +87,7 @@ def _word(word: str, indexes: list[Index]) -> str:
             token = _found(plain, indexes) or _in_base64_runs(plain, indexes)
             if token is not None:
                 return token_ref(token)
-    for index in indexes:
-        spans = index.spans(word)
-        if spans:
-            word = _swap(word, spans)
+    word = _raw(word, indexes)
     if len(word) < _BASE64_CHARS or _HEXISH.fullmatch(word):
         return word
     for run in _BASE64.findall(word):

@@ -24,7 +24,18 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["GRAM", "MIN_RUN", "STEP", "Index", "hold", "index_of", "release", "token_ref"]
+__all__ = [
+    "GRAM",
+    "MIN_RUN",
+    "STEP",
+    "Index",
+    "has_lower_run",
+    "hold",
+    "index_of",
+    "lower_index_of",
+    "release",
+    "token_ref",
+]
 
 GRAM: Final = 12
 STEP: Final = 8
@@ -53,10 +64,6 @@ class Index:
 
     def __init__(self, tokens: Iterable[str] = ()) -> None:
         self.grams: dict[int, int] = {}
-        #: Tokens with a run of ``MIN_RUN`` characters and no capital letter in it (the
-        #: emulators' UUIDs; 1 in 30 base64 tokens): while there is none, a text without
-        #: a capital letter cannot hold a run, which spares ids and paths any work.
-        self.lowercase = 0
         self.tokens: dict[str, None] = {}
         self._chars: set[str] = set()
         self.runs: re.Pattern[str] | None = None
@@ -65,7 +72,6 @@ class Index:
 
     def add(self, token: str) -> None:
         self.tokens[token] = None
-        self.lowercase += _NO_CAPITAL.search(token) is not None
         for gram in _grams(token):
             self.grams[gram] = self.grams.get(gram, 0) + 1
         if not self._chars.issuperset(token):
@@ -74,8 +80,7 @@ class Index:
             self.runs = re.compile(f"[{alphabet}]{{{MIN_RUN},}}")
 
     def remove(self, token: str) -> None:
-        if self.tokens.pop(token, 0) is None:
-            self.lowercase -= _NO_CAPITAL.search(token) is not None
+        self.tokens.pop(token, None)
         for gram in _grams(token):
             left = self.grams.get(gram, 0) - 1
             if left > 0:
@@ -145,12 +150,22 @@ def _common(a: str, i: int, b: str, j: int, limit: int, *, backwards: bool = Fal
 _NO_CAPITAL: Final = re.compile(f"[^A-Z]{{{MIN_RUN}}}")
 
 
+def has_lower_run(token: str) -> bool:
+    """Whether ``token`` has ``MIN_RUN`` characters in a row without a capital letter
+    (the emulators' UUIDs; about 1 in 30 base64 tokens of Step Functions' length)."""
+    return _NO_CAPITAL.search(token) is not None
+
+
 class _Held:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._count: dict[str, int] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.index = Index()
+        #: The tokens ``has_lower_run``: the only ones a text without a capital letter (an
+        #: id, a path, most words) can hold a run of, so such a text is searched for them
+        #: alone.
+        self.lower = Index()
 
     def hold(self, token: str) -> None:
         if len(token) < MIN_RUN:
@@ -163,11 +178,11 @@ class _Held:
             if token in self._recent:
                 del self._recent[token]  # still indexed
             else:
-                self.index.add(token)
+                self._add(token)
             if len(self._count) > MAX_HELD:
                 oldest = next(iter(self._count))
                 del self._count[oldest]
-                self.index.remove(oldest)
+                self._remove(oldest)
 
     def release(self, token: str) -> None:
         with self._lock:
@@ -180,7 +195,17 @@ class _Held:
             del self._count[token]
             self._recent[token] = None
             if len(self._recent) > RECENT:
-                self.index.remove(self._recent.popitem(last=False)[0])
+                self._remove(self._recent.popitem(last=False)[0])
+
+    def _add(self, token: str) -> None:
+        self.index.add(token)
+        if has_lower_run(token):
+            self.lower.add(token)
+
+    def _remove(self, token: str) -> None:
+        self.index.remove(token)
+        if has_lower_run(token):
+            self.lower.remove(token)
 
 
 _held = _Held()
@@ -199,3 +224,8 @@ def release(token: str) -> None:
 def index_of() -> Index:
     """The index of the held (and recently released) tokens."""
     return _held.index
+
+
+def lower_index_of() -> Index:
+    """The part of ``index_of()`` that ``has_lower_run``."""
+    return _held.lower
