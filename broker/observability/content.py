@@ -31,6 +31,8 @@ __all__ = ["by_content"]
 
 _HELD: Final = index_of()
 _LOWER: Final = lower_index_of()
+_HELD_ONLY: Final = [_HELD]
+_LOWER_ONLY: Final = [_LOWER]
 #: A word: what a decoded match replaces whole (a URL's query value, a JSON string).
 _WORD: Final = re.compile(rf"[^\s\"'<>()\[\]{{}},;|&?]{{{MIN_RUN},}}")
 #: base64 or base64url of at least 18 bytes: shorter cannot hold 19 token characters
@@ -46,14 +48,16 @@ _URLSAFE: Final = str.maketrans("-_", "+/")
 
 def by_content(text: str, token: str | None) -> str:
     """``text`` with every run of a held token's characters (and of ``token``'s) replaced."""
-    held = _HELD
+    if len(text) < MIN_RUN:
+        return text  # too short to hold a run (most of a line's fields)
     own = _own(token) if token else None
-    if (own is None and not held.grams) or len(text) < MIN_RUN:
-        return text  # nothing held (an idle broker, a command), or too short to hold one
-    indexes = [held] if own is None else [held, own]
-    lower = [_LOWER] if _LOWER.grams else []
-    if own is not None and has_lower_run(token or ""):
-        lower.append(own)
+    if own is None:
+        if not _HELD.grams:
+            return text  # nothing held: an idle broker, a command
+        indexes, lower = _HELD_ONLY, _LOWER_ONLY
+    else:
+        indexes = [_HELD, own]
+        lower = [_LOWER, own] if has_lower_run(token or "") else _LOWER_ONLY
     redacted = text
     # Split in C first: most lines have no chunk long enough to hold a run, or only ids
     # and paths without a capital letter, searched for the few tokens such a chunk can
