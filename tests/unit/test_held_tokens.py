@@ -54,3 +54,20 @@ def test_tokens_too_short_to_match_by_content_are_not_indexed() -> None:
         assert redact(f"about {short}", short) == f"about {token_ref(short)}"  # by spelling
     finally:
         held.release(short)
+
+
+def test_a_run_without_capitals_is_found_in_a_chunk_without_capitals() -> None:
+    # Chunks without a capital letter (ids, paths) are searched only for the tokens with
+    # such a run: one of those must still be found there, wherever the run starts.
+    run = "abcdefghijklmnopqrstuvwxyz0123456789"
+    token = f"QUJD{run}XYZ+/W" * 3
+    assert held.has_lower_run(token)
+    held.hold(token)
+    try:
+        for cut in range(held.STEP + 1):
+            piece = run[cut : cut + held.MIN_RUN]
+            line = f"open /srv/{piece}/x.py"
+            assert piece not in redact(line), cut
+            assert redact(line) == f"open /srv/{token_ref(token)}/x.py"
+    finally:
+        held.release(token)
