@@ -44,9 +44,10 @@ STEP: Final = 8
 MIN_RUN: Final = GRAM + STEP - 1
 #: Released tokens still matched: a late line about a settled message.
 RECENT: Final = 1024
-#: Held tokens indexed at most (about twice the largest concurrency anyone runs): past
-#: it the oldest stop being indexed and are caught in their own message's lines only.
-MAX_HELD: Final = 16_384
+#: Held tokens indexed at most: the index takes about 8 KB per token of Step Functions'
+#: length (1,152 tokens: 9.6 MB, tracemalloc), so this bounds it near 75 MB.  Past it the
+#: oldest stop being indexed and are caught in their own message's lines only.
+MAX_HELD: Final = 8192
 
 
 def token_ref(token: str) -> str:
