@@ -65,7 +65,7 @@ def by_content(text: str, token: str | None) -> str:
     for chunk in text.split():
         if len(chunk) < MIN_RUN:
             continue
-        if chunk.islower():
+        if chunk.islower() and "%" not in chunk and "\\" not in chunk:
             hidden = _raw(chunk, lower) if lower else chunk
         else:
             hidden = _WORD.sub(lambda word: _word(word.group(0), indexes), chunk)
