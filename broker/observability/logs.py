@@ -58,19 +58,27 @@ class JsonFormatter(logging.Formatter):
             "message": redact_tokens(record.getMessage()),
         }
         for key, value in _fields(record).items():
-            event[key] = _redacted_field(value)
+            kind = type(value)
+            event[key] = (
+                redact_tokens(value)
+                if kind is str
+                else value
+                if kind in _SCALARS
+                else _redacted_object(value)
+            )
         if record.exc_info:
             event["exception"] = redact_tokens(self.formatException(record.exc_info))
         return orjson.dumps(event, default=str).decode()
 
 
-def _redacted_field(value: Any) -> Any:
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
+
+
+def _redacted_object(value: Any) -> Any:
+    """A dict or a list (any object) may hold a token: the JSON it is written as is
+    redacted, and written as that text if anything was hidden."""
     if isinstance(value, str):
-        return redact_tokens(value)
-    if value is None or isinstance(value, int | float):
-        return value
-    # A dict or a list (or any object) may hold a token: the JSON it is written as is
-    # redacted, and written as that text if anything was hidden.
+        return redact_tokens(value)  # a str subclass
     try:
         text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:  # too deep, a wide integer: written as its str

@@ -71,3 +71,23 @@ def test_a_run_without_capitals_is_found_in_a_chunk_without_capitals() -> None:
             assert redact(line) == f"open /srv/{token_ref(token)}/x.py"
     finally:
         held.release(token)
+
+
+def test_a_token_in_a_structured_extra_field_is_hidden() -> None:
+    import logging
+
+    from tests.observing import json_logs
+
+    token = base64.b64encode(uuid.uuid4().bytes * 8).decode()
+    held.hold(token)
+    try:
+        with json_logs("INFO") as logs:
+            logging.getLogger("handler").warning(
+                "sent", extra={"request": {"callback": [f"/cb?t={token}"]}, "n": 3}
+            )
+    finally:
+        held.release(token)
+    line = logs.getvalue()
+    assert token[:20] not in line
+    assert token_ref(token) in line
+    assert '"n":3' in line
