@@ -18,21 +18,12 @@ import re
 from typing import Final
 from urllib.parse import unquote
 
-from broker.observability.held import (
-    MIN_RUN,
-    Index,
-    has_lower_run,
-    index_of,
-    lower_index_of,
-    token_ref,
-)
+from broker.observability.held import MIN_RUN, Index, index_of, token_ref
 
 __all__ = ["by_content"]
 
 _HELD: Final = index_of()
-_LOWER: Final = lower_index_of()
 _HELD_ONLY: Final = [_HELD]
-_LOWER_ONLY: Final = [_LOWER]
 #: A word: what a decoded match replaces whole (a URL's query value, a JSON string).
 _WORD: Final = re.compile(rf"[^\s\"'<>()\[\]{{}},;|&?]{{{MIN_RUN},}}")
 #: base64 or base64url of at least 18 bytes: shorter cannot hold 19 token characters
@@ -52,21 +43,21 @@ def by_content(text: str, token: str | None) -> str:
         return text  # too short to hold a run (most of a line's fields)
     own = _own(token) if token else None
     if own is None:
-        if not _HELD.grams:
+        if not _HELD.tokens:
             return text  # nothing held: an idle broker, a command
-        indexes, lower = _HELD_ONLY, _LOWER_ONLY
+        indexes = _HELD_ONLY
     else:
         indexes = [_HELD, own]
-        lower = [_LOWER, own] if has_lower_run(token or "") else _LOWER_ONLY
     redacted = text
-    # Split in C first: most lines have no chunk long enough to hold a run, or only ids
-    # and paths without a capital letter, searched for the few tokens such a chunk can
-    # hold a run of (the base64 of a token has capitals but by a chance of 1 in 250,000).
+    # Split in C first: most lines have no chunk long enough to hold a run.  A chunk
+    # without a capital letter (an id, a path) is only searched as written: the base64 of
+    # a token has capitals but by a chance of 1 in 250,000, and its percent-encoding keeps
+    # the token's own.
     for chunk in text.split():
         if len(chunk) < MIN_RUN:
             continue
         if chunk.islower() and "%" not in chunk and "\\" not in chunk:
-            hidden = _raw(chunk, lower) if lower else chunk
+            hidden = _raw(chunk, indexes)
         else:
             hidden = _WORD.sub(lambda word: _word(word.group(0), indexes), chunk)
         if hidden != chunk:

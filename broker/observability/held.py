@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Final
 
@@ -29,10 +29,8 @@ __all__ = [
     "MIN_RUN",
     "STEP",
     "Index",
-    "has_lower_run",
     "hold",
     "index_of",
-    "lower_index_of",
     "release",
     "token_ref",
 ]
@@ -63,55 +61,77 @@ def token_ref(token: str) -> str:
 class Index:
     """Tokens, their sampled pieces, and a pattern for runs of their characters."""
 
-    def __init__(self, tokens: Iterable[str] = (), *, dense: bool = False) -> None:
-        # Sparse: a token's pieces every STEP characters, every position of a text looked
-        # up.  Dense (a few tokens): every piece of a token, a text's looked up every STEP
-        # characters; the same guarantee, an eighth of the lookups, eight times the memory.
-        self._step, self._stride = (1, STEP) if dense else (STEP, 1)
-        self.grams: dict[int, int] = {}
-        self.tokens: dict[str, None] = {}
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        #: How many indexed tokens hold each piece (tokens of one execution share a prefix).
+        self.grams: Counter[str] = Counter()
+        #: Each token with the pieces it added (None: not indexed yet).
+        self.tokens: dict[str, list[str] | None] = {}
+        #: Tokens added since the pieces were last brought up to date.  Indexing waits
+        #: for the first text that has a run of the tokens' characters: most tasks write
+        #: none (ids and short words), and a token released before then costs nothing.
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
         self._chars: set[str] = set()
         self.runs: re.Pattern[str] | None = None
         for token in tokens:
             self.add(token)
 
     def add(self, token: str) -> None:
-        self.tokens[token] = None
-        for gram in _grams(token, self._step):
-            self.grams[gram] = self.grams.get(gram, 0) + 1
-        if not self._chars.issuperset(token):
-            self._chars.update(token)
-            alphabet = "".join(sorted(re.escape(c) for c in self._chars if not c.isspace()))
-            self.runs = re.compile(f"[{alphabet}]{{{MIN_RUN},}}")
+        with self._lock:
+            if token in self.tokens:
+                return
+            self.tokens[token] = None
+            self._pending.append(token)
+            if len(self._pending) > 2 * len(self.tokens) + 64:
+                # Released before any text asked: forget them (amortised, bounded).
+                self._pending = [t for t in self._pending if t in self.tokens]
+            # The pattern's check is a C loop; the set's only when a character may be new.
+            fits = self.runs is not None and self.runs.fullmatch(token) is not None
+            if not fits and not self._chars.issuperset(token):
+                self._chars.update(token)
+                alphabet = "".join(sorted(re.escape(c) for c in self._chars if not c.isspace()))
+                self.runs = re.compile(f"[{alphabet}]{{{MIN_RUN},}}")
 
     def remove(self, token: str) -> None:
-        self.tokens.pop(token, None)
-        for gram in _grams(token, self._step):
-            left = self.grams.get(gram, 0) - 1
-            if left > 0:
-                self.grams[gram] = left
-            else:
-                self.grams.pop(gram, None)
+        with self._lock:
+            counts = self.grams
+            for gram in self.tokens.pop(token, None) or ():
+                left = counts[gram] - 1
+                if left:
+                    counts[gram] = left
+                else:
+                    del counts[gram]
+
+    def _index_pending(self) -> None:
+        with self._lock:
+            for token in self._pending:
+                if token in self.tokens and self.tokens[token] is None:
+                    grams = self.tokens[token] = _grams(token)
+                    self.grams.update(grams)  # counted in C
+            self._pending.clear()
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Each run of ``text`` that is a piece of an indexed token, as (start, end,
         token), left to right, not overlapping; runs shorter than ``MIN_RUN`` may be
         missed."""
-        runs, grams = self.runs, self.grams
-        if runs is None or not grams:
+        runs = self.runs
+        if runs is None or not self.tokens:
             return []
         found: list[tuple[int, int, str]] = []
         for run in runs.finditer(text):
+            if self._pending:
+                self._index_pending()
+            grams = self.grams
             low, high = run.span()
             at = low
             while at <= high - GRAM:
-                if hash(text[at : at + GRAM]) in grams:
+                if text[at : at + GRAM] in grams:
                     hit = self._widen(text, at, low, high)
                     if hit is not None:
                         found.append(hit)
                         at = low = hit[1]
                         continue
-                at += self._stride
+                at += 1
         return found
 
     def _widen(self, text: str, at: int, low: int, high: int) -> tuple[int, int, str] | None:
@@ -131,11 +151,15 @@ class Index:
         return best
 
 
-def _grams(token: str, step: int) -> list[int]:
-    if len(token) < MIN_RUN:
+def _grams(token: str) -> list[str]:
+    """The pieces of ``token`` an index keeps: every STEP characters, and the last."""
+    end = len(token)
+    if end < MIN_RUN:
         return []
-    starts = {*range(0, len(token) - GRAM + 1, step), len(token) - GRAM}
-    return [hash(token[i : i + GRAM]) for i in starts]
+    grams = [token[i : i + GRAM] for i in range(0, end - GRAM + 1, STEP)]
+    if (end - GRAM) % STEP:
+        grams.append(token[end - GRAM :])
+    return grams
 
 
 def _common(a: str, i: int, b: str, j: int, limit: int, *, backwards: bool = False) -> int:
@@ -152,25 +176,12 @@ def _common(a: str, i: int, b: str, j: int, limit: int, *, backwards: bool = Fal
     return low
 
 
-_NO_CAPITAL: Final = re.compile(f"[^A-Z]{{{MIN_RUN}}}")
-
-
-def has_lower_run(token: str) -> bool:
-    """Whether ``token`` has ``MIN_RUN`` characters in a row without a capital letter
-    (the emulators' UUIDs; about 1 in 30 base64 tokens of Step Functions' length)."""
-    return _NO_CAPITAL.search(token) is not None
-
-
 class _Held:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._count: dict[str, int] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.index = Index()
-        #: The tokens ``has_lower_run``: the only ones a text without a capital letter (an
-        #: id, a path, most words) can hold a run of, so such a text is searched for them
-        #: alone.
-        self.lower = Index(dense=True)
 
     def hold(self, token: str) -> None:
         if len(token) < MIN_RUN:
@@ -183,11 +194,11 @@ class _Held:
             if token in self._recent:
                 del self._recent[token]  # still indexed
             else:
-                self._add(token)
+                self.index.add(token)
             if len(self._count) > MAX_HELD:
                 oldest = next(iter(self._count))
                 del self._count[oldest]
-                self._remove(oldest)
+                self.index.remove(oldest)
 
     def release(self, token: str) -> None:
         with self._lock:
@@ -200,17 +211,7 @@ class _Held:
             del self._count[token]
             self._recent[token] = None
             if len(self._recent) > RECENT:
-                self._remove(self._recent.popitem(last=False)[0])
-
-    def _add(self, token: str) -> None:
-        self.index.add(token)
-        if has_lower_run(token):
-            self.lower.add(token)
-
-    def _remove(self, token: str) -> None:
-        self.index.remove(token)
-        if has_lower_run(token):
-            self.lower.remove(token)
+                self.index.remove(self._recent.popitem(last=False)[0])
 
 
 _held = _Held()
@@ -229,8 +230,3 @@ def release(token: str) -> None:
 def index_of() -> Index:
     """The index of the held (and recently released) tokens."""
     return _held.index
-
-
-def lower_index_of() -> Index:
-    """The part of ``index_of()`` that ``has_lower_run``."""
-    return _held.lower
