@@ -8,11 +8,14 @@ attempt ends, and then stays known for the last ``RECENT`` released tokens: a ha
 orphaned task or thread can write after its message has settled.
 
 Matching is by content, not by spelling: a text is searched for any run of a held token's
-own characters, ``MIN_RUN`` long or longer.  The index keeps the hash of one ``GRAM``-char
-piece of each token every ``STEP`` characters, so any common run of ``GRAM + STEP - 1``
-characters contains one indexed piece whole: about ``len(token) / 8`` dict entries per
-token, instead of one per character.  A hit is then confirmed against the tokens and
-widened to the whole common run.
+own characters, ``MIN_RUN`` long or longer.  The index keeps one ``GRAM``-char piece of
+each token every ``STEP`` characters, so any common run of ``GRAM + STEP - 1`` characters
+contains one indexed piece whole: about ``len(token) / 8`` dict entries per token, instead
+of one per character.  A hit is then confirmed against the tokens and widened to the whole
+common run.  A token's pieces are cut only when a text first has a run of the tokens'
+characters long enough to look up: the one line most tasks write has none (its message id
+and short words), so a token released before such a line costs a dict entry, not its
+pieces.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ MIN_RUN: Final = GRAM + STEP - 1
 #: Released tokens still matched: a late line about a settled message.
 RECENT: Final = 1024
 #: Held tokens indexed at most: the index takes about 8 KB per token of Step Functions'
-#: length (1,152 tokens: 9.6 MB, tracemalloc), so this bounds it near 75 MB.  Past it the
-#: oldest stop being indexed and are caught in their own message's lines only.
+#: length once its pieces are cut, so this bounds it near 75 MB.  Past it the oldest stop
+#: being indexed and are caught in their own message's lines only.
 MAX_HELD: Final = 8192
 
 
