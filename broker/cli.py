@@ -34,6 +34,7 @@ from broker.core.plugins import ENTRY_POINT_GROUP, build_router
 from broker.core.router import Router
 from broker.core.settings import ENV_PREFIX, BrokerSettings, load_settings
 from broker.decisions.links import new_key
+from broker.observability.guard import guard_output
 from broker.observability.logs import configure_logging
 from broker.service import Broker, configuration_problems
 from broker.shutdown import leave_abandoned_runs, watch_signals
@@ -170,6 +171,7 @@ def _run_async(func: Any, *args: Any) -> int:
 
 async def run_broker(settings: BrokerSettings, router: Router) -> int:
     """Run until SIGINT/SIGTERM; a second signal stops at once (``broker.shutdown``)."""
+    guard_output()  # a handler's print, a traceback nobody caught: no token either
     broker = Broker(settings, router)
     async with anyio.create_task_group() as root:
         root.start_soon(watch_signals, broker)

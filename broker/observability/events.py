@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from broker.observability import held
 from broker.observability.redact import loggable, token_ref
 from broker.observability.stats import Outcome, Stats
 
@@ -79,8 +80,12 @@ def note_detail(detail: str) -> None:
 
 
 def note_token(token: str) -> None:
+    """The message's token: held (redacted from every text) until its attempt ends."""
     record = _current.get()
-    if record is not None:
+    if record is not None and record.token != token:
+        if record.token is not None:
+            held.release(record.token)
+        held.hold(token)
         record.token = token
 
 
@@ -104,6 +109,8 @@ def message_record(source: str, message_id: str, receive_count: int) -> Iterator
         yield record
     finally:
         _current.reset(reset)
+        if record.token is not None:
+            held.release(record.token)
 
 
 def settled(record: MessageRecord, outcome: Outcome, stats: Stats) -> None:

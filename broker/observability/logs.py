@@ -1,9 +1,11 @@
 """Logging set-up: JSON lines for containers, readable text on a terminal.
 
 Every record passes through one redaction step (``redact.py`` beside this module), so a
-task token that slipped into a message or an exception (botocore includes request
-parameters in some errors, and prints whole request and response bodies at DEBUG) is
-replaced by its short hash before it is written anywhere.
+task token that slipped into a message, an ``extra`` field or an exception (botocore
+includes request parameters in some errors, and prints whole request and response bodies
+at DEBUG) is replaced by its short hash before it is written anywhere.  That holds for
+records written outside any message's context too (another thread's, asyncio's "Task
+exception was never retrieved"): every token the process holds is looked for, by content.
 """
 
 from __future__ import annotations
@@ -56,10 +58,33 @@ class JsonFormatter(logging.Formatter):
             "message": redact_tokens(record.getMessage()),
         }
         for key, value in _fields(record).items():
-            event[key] = redact_tokens(value) if isinstance(value, str) else value
+            kind = type(value)
+            event[key] = (
+                redact_tokens(value)
+                if kind is str
+                else value
+                if kind in _SCALARS
+                else _redacted_object(value)
+            )
         if record.exc_info:
             event["exception"] = redact_tokens(self.formatException(record.exc_info))
         return orjson.dumps(event, default=str).decode()
+
+
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
+
+
+def _redacted_object(value: Any) -> Any:
+    """A dict or a list (any object) may hold a token: the JSON it is written as is
+    redacted, and written as that text if anything was hidden."""
+    if isinstance(value, str):
+        return redact_tokens(value)  # a str subclass
+    try:
+        text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # too deep, a wide integer: written as its str
+        return redact_tokens(str(value))
+    hidden = redact_tokens(text)
+    return value if hidden == text else hidden
 
 
 class TextFormatter(logging.Formatter):

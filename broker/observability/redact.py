@@ -1,42 +1,40 @@
 """Task tokens are credentials: this is the one place that decides how they appear in logs.
 
-``redact`` is applied to every log line (broker/observability/logs.py) and to every text a span
-records (broker/observability/tracing.py).  It replaces, by their ``token_ref``:
+``redact`` is applied to every log line (observability/logs.py), every text a span records
+(observability/tracing.py) and, under ``broker run``, everything written to stdout and
+stderr (observability/guard.py).  It replaces, by their ``token_ref``:
 
-1. the token of the message being handled, wherever it appears (a handler's own line);
-2. the value of every field whose name says it is a token or a receipt handle
+1. every token this process holds (the messages in hand and the last ones released), by
+   content: any run of 19 or more of its characters, raw or after undoing percent-encoding,
+   backslash escapes or base64 (observability/content.py, observability/held.py);
+2. the token of the message being handled, in its exact spellings (whole, as a JSON
+   string, in a URL or a form field): also a token too short to be matched by content;
+3. the value of every field whose name says it is a token or a receipt handle
    (``"TaskToken": "…"``, ``'taskToken': '…'``, ``MyTaskToken=…``,
    ``<ReceiptHandle>…</ReceiptHandle>``, ``X-Amz-Security-Token``, a queue's own
    ``token_fields``), however deeply the JSON around it is escaped.  This is what keeps
-   botocore's DEBUG lines safe: they print request and response bodies (a
-   ReceiveMessage answer holds every message body) outside any message's context, and
-   the emulators' tokens are short UUIDs that no length rule would catch;
-3. the access key id in an ``Authorization`` header's ``Credential=``;
-4. anything token-like by length alone (120+ base64-ish characters).
+   botocore's DEBUG lines safe: they print request and response bodies (a ReceiveMessage
+   answer holds every message body) before any of their tokens is held;
+4. the access key id in an ``Authorization`` header's ``Credential=``;
+5. anything token-like by length alone (120+ base64-ish characters).
+
+``redact_token`` applies rules 1 and 2 only, to the texts the broker sends on (a failure's
+cause, a dead-letter copy's detail): they are the handler's data.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 from collections.abc import Iterable
 from typing import Final
 from urllib.parse import quote, quote_plus
 
+from broker.observability.content import by_content
+from broker.observability.held import token_ref
+
 __all__ = ["loggable", "redact", "redact_token", "register_token_fields", "token_ref"]
-
-
-def token_ref(token: str) -> str:
-    """A short, stable, non-reversible reference to a token, safe for logs and errors.
-
-    A hash rather than a prefix: token prefixes are shared by every task of an
-    execution, so a prefix would neither identify the task nor be safe to publish.
-    """
-    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-    return f"tok:{digest}"
-
 
 #: Text from a message (a type nobody registered, a parse error quoting the body) is cut
 #: to this many characters before it is logged: a hostile message must not write 10 KB
@@ -103,18 +101,18 @@ def redact(text: str, token: str | None = None) -> str:
     """``text`` with ``token``, every token-named field's value and every long secret
     replaced by its ``token_ref``.
 
-    ``token`` is replaced in every spelling a handler's message may quote it in: whole,
-    as a JSON string, in a URL or a form field.  Redact before cutting a text, so that no
-    prefix of a token is left.
+    ``token`` and the held tokens go in every spelling (rules 1 and 2).  Redact before
+    cutting a text, so that no prefix of a token is left.
     """
     if token:
-        text = redact_token(text, token)
+        text = _by_spelling(text, token)
     if not text:
         return text
     if _name_word.search(text):
         text = _field_value.sub(_replace_value, text)
     if "Credential=" in text:
         text = _CREDENTIAL.sub(r"\1<access-key-id>", text)
+    text = by_content(text, token)
     if len(text) < _LONG_SECRET_CHARS:
         return text  # too short to hold a long secret
     return _LONG_SECRET.sub(lambda match: token_ref(match.group(0)), text)
@@ -124,16 +122,15 @@ def _replace_value(match: re.Match[str]) -> str:
     return f"{match.group('name')}{match.group('sep')}{token_ref(match.group('value'))}"
 
 
-def redact_token(text: str, token: str) -> str:
-    """``text`` with ``token`` replaced by its ``token_ref``, in every spelling a message
-    may quote it in: whole, as a JSON string, in a URL or a form field.
+def redact_token(text: str, token: str | None) -> str:
+    """``text`` without ``token`` or any held token (rules 1 and 2 above): for the texts
+    the broker sends on, the handler's data, only tokens go, not what looks like one."""
+    if token:
+        text = _by_spelling(text, token)
+    return by_content(text, token)
 
-    For the texts the broker sends on (a failure's cause, a dead-letter copy's detail):
-    they are the handler's data, so only the token goes, not whatever merely looks like
-    one (``redact``'s rules are for log lines).
-    """
-    if not token:
-        return text
+
+def _by_spelling(text: str, token: str) -> str:
     for spelling, ref in _spellings(token):
         if spelling in text:
             text = text.replace(spelling, ref)
