@@ -9,34 +9,12 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, defaultdict, deque
-from enum import StrEnum
 from typing import Final
 
 from broker.observability.metric_names import POLL_BUCKETS_S
+from broker.observability.outcome import Outcome
 
 __all__ = ["DURATION_BUCKETS_S", "Histogram", "LoopLag", "Outcome", "Stats"]
-
-
-class Outcome(StrEnum):
-    """One per message: how the broker settled it."""
-
-    SUCCEEDED = "succeeded"  # SendTaskSuccess confirmed
-    FAILED = "failed"  # the handler decided failure; SendTaskFailure confirmed
-    INVALID_INPUT = "invalid_input"  # payload did not fit the handler's model
-    INVALID_OUTPUT = "invalid_output"  # output not JSON, too large, or refused
-    UNKNOWN_TYPE = "unknown_type"  # no handler for the type; task failed
-    POISON = "poison"  # no usable token or body: dead-lettered or left to redrive
-    RETRY = "retry"  # transient handler error: made visible again later
-    EXHAUSTED = "exhausted"  # attempts used up; task failed
-    TASK_CLOSED = "task_closed"  # Step Functions says the task is already closed
-    DUPLICATE = "duplicate"  # same token as one in flight or settled here lately
-    UNCONFIRMED = "unconfirmed"  # Step Functions did not confirm: message kept
-    DEFERRED = "deferred"  # handed to a person (decision links): message deleted, task open
-
-    @property
-    def settled(self) -> bool:
-        """False when the message goes back to the queue and will be handled again."""
-        return self not in (Outcome.RETRY, Outcome.UNCONFIRMED)
 
 
 #: Handler and AWS call durations: 5 ms .. 15 min (the default handler timeout).
