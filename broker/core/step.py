@@ -201,25 +201,20 @@ class Step:
     ) -> Verdict:
         # perf_counter: uvloop's loop clock ticks in whole milliseconds.
         started = time.perf_counter()
+        # Not started until awaited: the span (when tracing is on) covers the whole run.
+        supervised = run_supervised(
+            self._completer,
+            route,
+            task,
+            self._handler_timeout_s,
+            alongside=alongside,
+            runs=self.runs,
+        )
         if self._tracer.enabled:
             with self._tracer.span(f"handler {route.message_type}"):
-                verdict = await run_supervised(
-                    self._completer,
-                    route,
-                    task,
-                    self._handler_timeout_s,
-                    alongside=alongside,
-                    runs=self.runs,
-                )
+                verdict = await supervised
         else:  # no span work at all when tracing is off
-            verdict = await run_supervised(
-                self._completer,
-                route,
-                task,
-                self._handler_timeout_s,
-                alongside=alongside,
-                runs=self.runs,
-            )
+            verdict = await supervised
         self._stats.handler_seconds[route.message_type].observe(time.perf_counter() - started)
         return verdict
 
