@@ -119,16 +119,12 @@ class MessageProcessor:
         note_token(parsed.token)
         first = self._in_flight.get(parsed.token)
         if first is not None:
-            # Its outcome line and metric name the type, as the first copy's do.
-            route = self._router.get(parsed.message_type) if parsed.message_type else None
-            note_type(
-                route.message_type if route else "unknown",
-                asked=None if route else parsed.message_type,
-            )
+            self._note_copy_type(parsed)
             return await self._duplicate(delivery, first)
         if self.memory.is_settled(parsed.token):
             # Received again as (or just after) it was settled: its delete raced this
             # receive, or failed.  Nothing more to do for the task.
+            self._note_copy_type(parsed)
             note_detail("a copy of a task settled here moments ago")
             await delivery.delete()
             return Outcome.DUPLICATE
@@ -142,6 +138,14 @@ class MessageProcessor:
         finally:
             del self._in_flight[parsed.token]
             entry.done.set()
+
+    def _note_copy_type(self, envelope: Envelope) -> None:
+        """A duplicate's outcome line and metric name its type, as the first copy's do."""
+        route = self._router.get(envelope.message_type) if envelope.message_type else None
+        note_type(
+            route.message_type if route else "unknown",
+            asked=None if route else envelope.message_type,
+        )
 
     async def _duplicate(self, delivery: Delivery, first: _InFlight) -> Outcome:
         """A second copy of a task in flight: never run the handler twice at once.  The

@@ -83,3 +83,28 @@ async def test_a_duplicates_outcome_names_its_type(caplog: pytest.LogCaptureFixt
     assert getattr(duplicates[0], "type", None) == "slow"
     assert duplicates[0].getMessage().startswith("slow ")
     assert tb.broker.stats.by_type[("tasks", "slow", Outcome.DUPLICATE)] == 1
+
+
+async def test_a_late_copy_of_a_task_settled_here_names_its_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The copy that arrives after its task was settled in this process is dropped from
+    # memory (sqs.memory); its outcome line said type "none".
+    router = Router()
+
+    @router.handler("quick")
+    async def quick(task: Task[Any]) -> str:
+        return "once"
+
+    caplog.set_level(logging.INFO, logger="broker.outcome")
+    async with TestBroker(router, make_settings()) as tb:
+        token = tb.sfn.new_token()
+        body = orjson.dumps({"TaskToken": token, "type": "quick"})
+        tb.sqs.put("tasks", body)
+        await tb.wait_idle()
+        tb.sqs.put("tasks", body)
+        await tb.wait_idle()
+    duplicates = [r for r in caplog.records if getattr(r, "outcome", None) == "duplicate"]
+    assert len(duplicates) == 1
+    assert getattr(duplicates[0], "type", None) == "quick"
+    assert tb.broker.stats.by_type[("tasks", "quick", Outcome.DUPLICATE)] == 1
